@@ -1,0 +1,71 @@
+"""Atomic file output: write to a temporary file in the target folder, then ``os.replace``.
+
+An interrupted run never leaves a half-written file; :func:`staged_outputs` extends this to a set of
+files that appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+
+def _suffix(path: Path) -> str:
+    """Full extension, so writers that choose the format by name keep working (``.nii.gz``)."""
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + _suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs):
+    """``open()`` replacement whose file appears at ``path`` only once fully written."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+
+
+def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write a SimpleITK image atomically (format from the file name, e.g. ``.nii.gz``, ``.nrrd``)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike):
+    """Yield a staging folder; on success its files move into ``out_dir`` (created then), on error it is
+    deleted and ``out_dir`` is left untouched."""
+    out_dir = Path(out_dir)
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=parent))
+    try:
+        yield staging
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in sorted(staging.rglob("*")):
+            if item.is_file():
+                dest = out_dir / item.relative_to(staging)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""``linguine track``: track lesions from one prompt scan to every scan of a study."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import coords
+from ..backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
+from ..errors import InputError
+
+NAME = "track"
+HELP = "Track lesions from a click or mask on one scan to every other scan of a study."
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Backend and tracking options shared by track, evaluate and demo."""
+    g = parser.add_argument_group("backends and options")
+    g.add_argument("--registration", default=DEFAULT_REGISTRATION, choices=sorted(REGISTRATIONS),
+                   help=f"registration backend (default: {DEFAULT_REGISTRATION})")
+    g.add_argument("--segmentation", default=DEFAULT_SEGMENTATION, choices=sorted(SEGMENTERS),
+                   help=f"segmentation backend (default: {DEFAULT_SEGMENTATION})")
+    g.add_argument("--boost", action="store_true", help="re-prompt at the interior centre of the first mask")
+    g.add_argument("--chain", action="store_true", help="propagate scan to scan outward from the source")
+    g.add_argument("--radius-mm", type=float, default=10.0,
+                   help="keep the nearest mask component within this distance of the point (default 10 mm)")
+    g.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (deep-learning backends)")
+    g.add_argument("--weights", default=None, help="local model weights file or folder (or $LINGUINE_WEIGHTS)")
+    g.add_argument("--io-steps", type=int, default=0, help="instance-optimisation steps (GradICON backends)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="study.csv, a folder holding one, or a folder of one patient's DICOM series")
+    parser.add_argument("--source", help="scan id (or unique date YYYY-MM-DD, or first/middle/last) of the prompt")
+    p = parser.add_argument_group("prompts (one kind or several; each point is one lesion)")
+    p.add_argument("--point", nargs=3, type=float, action="append", metavar=("X", "Y", "Z"), default=[],
+                   help="click in LPS mm (DICOM/ITK patient coordinates); may repeat")
+    p.add_argument("--point-ras", nargs=3, type=float, action="append", metavar=("R", "A", "S"), default=[],
+                   help="click in RAS mm, as Slicer displays it; may repeat")
+    p.add_argument("--point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"), default=[],
+                   help="click as a voxel index (i = column, j = row, k = slice); may repeat")
+    p.add_argument("--mask", help="label map on the source scan (lesion ids as values) or a DICOM-SEG")
+    p.add_argument("--lesion-id", type=int, action="append", default=[],
+                   help="with --mask: track only these ids (default all); with points: the ids of the points")
+    p.add_argument("--name", action="append", default=[], help="lesion names, in prompt order")
+    parser.add_argument("--out", default="linguine-out", help="output folder (default: linguine-out)")
+    parser.add_argument("--dicom-seg", action="store_true", help="also write one DICOM-SEG per timepoint (DICOM studies)")
+    add_backend_arguments(parser)
+
+
+def make_tracker(study, args, progress=None):
+    """Build the backends named in ``args`` and a Tracker for ``study``."""
+    from ..backends import make_registration, make_segmenter
+    from ..tracking import Tracker
+
+    options = {"device": args.device, "weights": args.weights, "io_steps": args.io_steps}
+    return Tracker(study, make_registration(args.registration, **options),
+                   make_segmenter(args.segmentation, **options),
+                   boost=args.boost, chain=args.chain, radius_mm=args.radius_mm, progress=progress)
+
+
+def build_prompts(study, args) -> list:
+    """The lesion prompts from ``args`` (validated against the study) -> list[LesionPrompt]."""
+    from ..lesion import Lesion
+    from ..study import load_label_map
+    from ..tracking import LesionPrompt
+
+    points_given = bool(args.point or args.point_ras or args.point_ijk)
+    if not points_given and not args.mask:
+        raise InputError("give a prompt: --point, --point-ras, --point-ijk or --mask")
+    prompts = []
+    if args.mask:
+        mask_path = Path(args.mask)
+        if mask_path.suffix.lower() == ".dcm":
+            from ..dicom_seg import read_seg_prompt
+
+            scan_id, labels = read_seg_prompt(mask_path, study, lesion_id=None)
+            if args.source and study.resolve(args.source).scan_id != scan_id:
+                raise InputError(f"{mask_path}: this SEG belongs to scan '{scan_id}', not --source {args.source}")
+        else:
+            if not args.source:
+                raise InputError("--source is required with a label-map --mask")
+            scan_id = study.resolve(args.source).scan_id
+            labels = load_label_map(mask_path, study.scan(scan_id))
+        present = [int(v) for v in np.unique(labels) if v > 0]
+        wanted = args.lesion_id or present
+        for n, lid in enumerate(wanted):
+            if lid not in present:
+                raise InputError(f"{mask_path}: lesion id {lid} is not in the mask (ids present: {present or 'none'})")
+            name = args.name[n] if n < len(args.name) else ""
+            prompts.append(LesionPrompt(Lesion(lid, name), scan_id, mask=labels == lid))
+        if not prompts:
+            raise InputError(f"{mask_path}: the mask is empty")
+    if points_given:
+        if not args.source:
+            raise InputError("--source is required with --point/--point-ras/--point-ijk")
+        scan = study.resolve(args.source)
+        points = [np.asarray(p, float) for p in args.point]
+        points += [coords.ras_to_lps(p) for p in args.point_ras]
+        points += [coords.ijk_to_lps(np.asarray(p, float), scan.index_to_lps) for p in args.point_ijk]
+        used = {p.lesion.lesion_id for p in prompts}
+        ids = args.lesion_id if (args.lesion_id and not args.mask) else []
+        if ids and len(ids) != len(points):
+            raise InputError(f"{len(ids)} --lesion-id value(s) for {len(points)} point(s): give one id per point")
+        next_id = max(used, default=0) + 1
+        for n, point in enumerate(points):
+            lid = ids[n] if ids else next_id + n
+            if not scan.contains_lps(point.reshape(1, 3))[0]:
+                raise InputError(f"point {tuple(np.round(point, 2))} (LPS mm) lies outside scan '{scan.scan_id}'")
+            name_index = len(prompts)
+            name = args.name[name_index] if name_index < len(args.name) else ""
+            prompts.append(LesionPrompt(Lesion(lid, name), scan.scan_id, point_lps=point))
+    return prompts
+
+
+def tqdm_progress(desc: str):
+    """(progress callback, close function) drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def progress(message, done, total):
+        bar.total = max(total, 1)
+        bar.n = min(done, bar.total)
+        bar.set_postfix_str(message[:60], refresh=True)
+
+    return progress, bar.close
+
+
+def print_table(rows: list[dict], file=sys.stdout) -> None:
+    print(f"{'lesion':<12} {'scan':<14} {'status':<12} {'volume mL':>10} {'long mm':>8} {'short mm':>8} {'vs base %':>9}",
+          file=file)
+    for r in rows:
+        num = lambda v, f: format(v, f) if v is not None else "-"
+        print(f"{r['lesion_name'][:12]:<12} {r['scan_id'][:14]:<14} {r['status']:<12} {num(r['volume_ml'], '10.2f')} "
+              f"{num(r['longest_diameter_mm'], '8.1f')} {num(r['short_axis_mm'], '8.1f')} "
+              f"{num(r['change_from_baseline_pct'], '9.1f')}", file=file)
+
+
+def run(args) -> int:
+    from ..measure import measurement_rows
+    from ..output import write_tracking_outputs
+    from ..study import load_study
+
+    study = load_study(args.study)
+    prompts = build_prompts(study, args)
+    progress, close = tqdm_progress("tracking")
+    try:
+        tracker = make_tracker(study, args, progress)
+        result = tracker.track(prompts)
+    finally:
+        close()
+    written = write_tracking_outputs(result, args.out)
+    print_table(measurement_rows(result))
+    stats = result.stats
+    print(f"registrations computed: {stats['registration_calls']}, segmentations: {stats['segmentation_calls']}, "
+          f"seconds: {stats['seconds']}", file=sys.stderr)
+    if args.dicom_seg:
+        from ..dicom_seg import export_segs
+
+        export_segs(study, {s.scan_id: result.label_map(s.scan_id) for s in study}, result.lesions,
+                    Path(args.out) / "dicom-seg", log=lambda m: print(m, file=sys.stderr))
+    print(f"outputs written to {Path(args.out).resolve()} ({len(written)} files)", file=sys.stderr)
+    return 0

@@ -1,0 +1,51 @@
+"""Shared pytest fixtures: paths to the real CT data and small synthetic scans.
+
+The real chest CTs live in ``../shared/data/ct`` beside the checkout (never committed); tests that
+need them skip with a clear reason when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CT_DIR = Path(os.environ.get("LINGUINE_CT_DIR", REPO.parent / "shared" / "data" / "ct"))
+SHARED_DATA = CT_DIR.parent
+
+
+@pytest.fixture(scope="session")
+def ct_dir() -> Path:
+    if not (CT_DIR / "lung2_image.nrrd").is_file():
+        pytest.skip(f"real CT data not found in {CT_DIR} (set LINGUINE_CT_DIR)")
+    return CT_DIR
+
+
+def make_scan(scan_id="s0", date=dt.datetime(2020, 1, 1), shape=(20, 40, 40), spacing=(1.0, 1.0, 2.0),
+              origin=(0.0, 0.0, 0.0), direction=np.eye(3), blobs=(((10, 20, 20), 5.0),), seed=0, label=True):
+    """A small synthetic CT: soft-tissue background (~0 HU, noisy) with bright spherical lesions.
+
+    ``blobs`` = ((centre_kji, radius_mm), ...); the label map numbers them 1, 2, ...
+    """
+    from LinGuinELib.study import Scan
+
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(-700, 20, size=shape).astype(np.float32)
+    lab = np.zeros(shape, dtype=np.int32)
+    kk, jj, ii = np.indices(shape)
+    sp = np.asarray(spacing, dtype=float)  # (i, j, k)
+    for n, (c, r) in enumerate(blobs, start=1):
+        d = np.sqrt(((kk - c[0]) * sp[2]) ** 2 + ((jj - c[1]) * sp[1]) ** 2 + ((ii - c[2]) * sp[0]) ** 2)
+        arr[d <= r] = 40 + rng.normal(0, 10, size=int((d <= r).sum()))
+        lab[d <= r] = n
+    return Scan(scan_id=scan_id, array=arr, origin=origin, spacing=spacing, direction=direction, date=date,
+                label=lab if label else None)
+
+
+@pytest.fixture
+def scan_factory():
+    return make_scan
