@@ -34,7 +34,7 @@ def _build(table: dict, kind: str, name: str, options: dict):
         raise InputError(f"unknown {kind} backend {name!r}; choose one of: {', '.join(table)}")
     module_name, class_name = table[name]
     cls = getattr(importlib.import_module(module_name), class_name)
-    params = inspect.signature(cls.__init__).parameters
+    params = {} if cls.__init__ is object.__init__ else inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         accepted = dict(options)
     else:

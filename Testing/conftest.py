@@ -49,3 +49,27 @@ def make_scan(scan_id="s0", date=dt.datetime(2020, 1, 1), shape=(20, 40, 40), sp
 @pytest.fixture
 def scan_factory():
     return make_scan
+
+
+def write_study(folder: Path, scans, patient_id="p1", ext=".nii.gz", dates=None) -> Path:
+    """Write scans (with labels) as image files plus a study.csv; returns the csv path."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["patient_id,scan_id,date,image,label"]
+    for n, scan in enumerate(scans):
+        sitk.WriteImage(scan.to_sitk(), str(folder / f"{scan.scan_id}{ext}"))
+        sitk.WriteImage(scan.to_sitk(scan.label.astype(np.uint8)), str(folder / f"{scan.scan_id}_label{ext}"))
+        date = dates[n] if dates else scan.date.date().isoformat()
+        lines.append(f"{patient_id},{scan.scan_id},{date},{scan.scan_id}{ext},{scan.scan_id}_label{ext}")
+    csv_path = folder / "study.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    return csv_path
+
+
+@pytest.fixture
+def fake_backends(monkeypatch):
+    """Register the deterministic test backends (Testing/fakes.py) under the names 'shift'/'threshold'."""
+    from LinGuinELib import backends
+
+    monkeypatch.setitem(backends.SEGMENTERS, "threshold", ("fakes", "ThresholdSegmenter"))

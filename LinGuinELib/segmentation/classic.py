@@ -1,0 +1,212 @@
+"""``classic`` segmentation: a click-seeded CT lesion segmenter with no model weights (CPU only).
+
+Voxel points are ``(k, j, i)`` indices; every length below is in millimetres and every distance is
+spacing-aware (thick slices stay thick). One call, for the first positive point (the seed):
+
+1. Crop around the seed and smooth lightly in-plane.
+2. If the seed sits in air-containing surroundings (lung), move it into the dense core nearby
+   (the most central voxel of the dense class within a few mm): a seed carried onto a small
+   lesion often lands on its partial-volume rim. A seed with no dense tissue near it gives an
+   empty mask.
+3. Cast rays from the seed: the intensities they meet give the lesion's window (half way between
+   the core value and the darker/brighter surroundings) and where they leave it, its radius.
+4. Candidate = voxels in the window, inside a ball of twice that radius; in lung, also inside the
+   pleural envelope (the lung air mask closed with a large ball), which cuts a tumour off the
+   chest wall, mediastinum or diaphragm it abuts.
+5. Negative points split the candidate by marker watershed; an opening cuts thin bridges (vessels),
+   the component under the positive points is kept, regrown to the window's edge and hole-filled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.segmentation import watershed
+
+from ..study import Scan
+from .base import Segmenter
+
+AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
+
+
+class ClassicSegmenter(Segmenter):
+    """Ray-estimated intensity window + leak control + morphology; see the module docstring.
+
+    ``max_radius_mm``: the largest lesion radius looked for (rays stop there; the result never
+    reaches farther than twice the estimated radius, and never farther than this).
+    """
+
+    name = "classic"
+
+    def __init__(self, max_radius_mm: float = 50.0, n_rays: int = 256):
+        self.max_radius_mm = float(max_radius_mm)
+        self.n_rays = int(n_rays)
+
+    def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+        out = np.zeros(scan.shape, dtype=bool)
+        sp = scan.spacing_kji
+        lo_box, hi_box = _box(positive, self.max_radius_mm + 2.0, sp, scan.shape)
+        crop = ndi.gaussian_filter(scan.array[_sl(lo_box, hi_box)].astype(np.float32),
+                                   sigma=_smoothing(sp), mode="nearest")
+        seeds = positive - lo_box
+        seed = _relocate(crop, seeds[0], sp)
+        if seed is None:
+            return out
+        window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
+        if window is None:
+            return out
+        cap = min(2.0 * radius + 2.0, self.max_radius_mm)
+        fg = np.vstack([seed, seeds[1:]])  # the first point is replaced by its relocated seed
+        lo, hi = _box(fg, cap + 1.0, sp, crop.shape)
+        crop, fg = crop[_sl(lo, hi)], fg - lo
+        candidate = (crop >= window[0]) & (crop <= window[1]) & (_dist_from(fg[0], crop.shape, sp) <= cap)
+        if lung:
+            candidate &= _pleural_envelope(scan, lo_box + lo, lo_box + hi, lo_box + lo + fg[0], window[0], radius,
+                                           cap, sp)
+        candidate[tuple(fg.T)] = True
+        negs = negative - lo_box - lo
+        negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
+        if len(negs):
+            candidate &= _split_off(candidate, fg, negs, sp)
+        out[_sl(lo_box + lo, lo_box + hi)] = _keep_seeded(candidate, fg, radius, sp)
+        return out
+
+
+def _sl(lo, hi):
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _box(points, half_mm, sp, shape):
+    """Voxel box (lo, hi) covering ``points`` plus ``half_mm`` on every side, clipped to the scan."""
+    half = np.ceil(half_mm / sp).astype(int)
+    return np.maximum(points.min(0) - half, 0), np.minimum(points.max(0) + half + 1, shape)
+
+
+def _smoothing(sp):
+    """Gaussian sigma (voxels) of about 0.7 mm, skipped along thick-slice axes."""
+    return np.where(sp < 1.4, 0.7 / sp, 0.0)
+
+
+def _dist_from(point, shape, sp):
+    """Distance (mm) of every voxel of an array of ``shape`` from voxel ``point``."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return np.sqrt(sum(((g - p) * s) ** 2 for g, p, s in zip(grids, point, sp)))
+
+
+def _ball_box(point, r_mm, sp, shape):
+    lo = np.maximum(point - np.floor(r_mm / sp).astype(int), 0)
+    hi = np.minimum(point + np.floor(r_mm / sp).astype(int) + 1, shape)
+    return lo, hi
+
+
+def _relocate(crop, seed, sp, reach_mm: float = 5.5):
+    """Seed moved into the dense core near it, or None if nothing dense is there.
+
+    In air-containing surroundings (a neighbourhood split by Otsu into classes more than 300 HU
+    apart, the darker one air) the seed moves to the most central voxel of the dense class within
+    ``reach_mm`` (slices 5 mm apart stay reachable). Elsewhere it stays; an air seed gives None.
+    """
+    lo, hi = _ball_box(seed, reach_mm + 6.0, sp, crop.shape)
+    patch = crop[_sl(lo, hi)]
+    local = seed - lo
+    t = threshold_otsu(patch) if patch.max() > patch.min() else patch.max()
+    dark, dense = patch[patch <= t], patch[patch > t]
+    if dense.size == 0 or dark.size == 0 or dense.mean() - dark.mean() < 300 or np.median(dark) > AIR_HU:
+        return None if crop[tuple(seed)] < AIR_HU else seed
+    mask = patch > max(t, AIR_HU)
+    depth = ndi.distance_transform_edt(mask, sampling=sp)
+    near = _dist_from(local, patch.shape, sp)
+    depth[near > reach_mm] = 0
+    if depth.max() == 0:
+        return None
+    score = depth - 1e-3 * near  # ties go to the nearest voxel
+    return np.asarray(np.unravel_index(np.argmax(score), patch.shape)) + lo
+
+
+def _fibonacci_sphere(n):
+    """``n`` unit vectors (z, y, x order as k, j, i) spread evenly over the sphere."""
+    i = np.arange(n) + 0.5
+    polar = np.arccos(1 - 2 * i / n)
+    azim = np.pi * (1 + 5 ** 0.5) * i
+    return np.stack([np.cos(polar), np.sin(polar) * np.sin(azim), np.sin(polar) * np.cos(azim)], axis=1)
+
+
+def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5):
+    """((lo, hi) HU window, median radius mm, lung context) from rays cast from ``seed``.
+
+    Core value = median within 2 mm of the seed. Ray samples darker/brighter than the core by more
+    than max(4 x its spread, 60 HU) form the surrounding classes; the window reaches half way to
+    each class's median. A ray's radius is where it first leaves the window for 1 mm.
+    Returns (None, 0, False) when the core is air.
+    """
+    lo, hi = _ball_box(seed, 2.0, sp, crop.shape)
+    core_mask = _dist_from(seed - lo, hi - lo, sp) <= 2.0
+    core = crop[_sl(lo, hi)][core_mask]
+    mu = float(np.median(core))
+    if mu < AIR_HU:
+        return None, 0.0, False
+    spread = 1.4826 * float(np.median(np.abs(core - mu)))
+    margin = max(4.0 * spread, 60.0)
+    dirs = _fibonacci_sphere(n_rays)
+    t = np.arange(0.0, max_radius + step, step)
+    pts = seed[None, None, :] + dirs[:, None, :] * t[None, :, None] / sp
+    prof = ndi.map_coordinates(crop, pts.reshape(-1, 3).T, order=1, mode="nearest").reshape(len(dirs), len(t))
+    dark, bright = prof[prof < mu - margin], prof[prof > mu + margin]
+    low = (mu + np.median(dark)) / 2 if dark.size > 0.02 * prof.size else mu - max(margin, 200.0)
+    high = (mu + np.median(bright)) / 2 if bright.size > 0.02 * prof.size else mu + max(margin, 200.0)
+    outside = (prof < low) | (prof > high)
+    run = max(int(round(1.0 / step)), 1)
+    leaving = ndi.minimum_filter1d(outside.astype(np.uint8), run, axis=1, origin=-(run // 2)).astype(bool)
+    first = np.where(leaving.any(1), leaving.argmax(1), len(t) - 1)
+    radius = max(float(np.median(t[first])), 1.0)
+    exits = prof[np.arange(len(dirs)), np.minimum(first + run, len(t) - 1)]
+    lung = bool(np.mean(exits < AIR_HU) >= 0.25)
+    return (low, high), radius, lung
+
+
+def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.0):
+    """Bool mask over the scan box [lo, hi): the air region closed by a ball of max(2 x radius, 15) mm.
+
+    Inside: lung air and what it wraps around (a tumour); outside: tissue deeper than the ball
+    reaches (chest wall, mediastinum, diaphragm). Computed on a ~2 mm grid for speed.
+    """
+    rho = max(2.0 * radius, 15.0)
+    c_lo, c_hi = _box(seed[None], cap + 2.0 * rho + grid_mm, sp, scan.shape)
+    stride = np.maximum(np.round(grid_mm / sp).astype(int), 1)
+    coarse = scan.array[tuple(slice(int(a), int(b), int(s)) for a, b, s in zip(c_lo, c_hi, stride))]
+    csp = sp * stride
+    air = coarse < air_below
+    dilated = ndi.distance_transform_edt(~air, sampling=csp) <= rho
+    closed = air | (ndi.distance_transform_edt(dilated, sampling=csp) > rho)
+    index = [np.clip(np.rint((np.arange(a, b) - c) / s).astype(int), 0, n - 1)
+             for a, b, c, s, n in zip(lo, hi, c_lo, stride, closed.shape)]
+    return closed[np.ix_(*index)]
+
+
+def _split_off(candidate, fg, bg, sp):
+    """Candidate voxels that marker watershed (on -distance to the candidate's edge) gives to ``fg``."""
+    markers = np.zeros(candidate.shape, dtype=np.int32)
+    markers[tuple(bg.T)] = 2
+    markers[tuple(fg.T)] = 1
+    depth = ndi.distance_transform_edt(candidate, sampling=sp)
+    return watershed(-depth, markers, mask=candidate) == 1
+
+
+def _keep_seeded(candidate, seeds, radius, sp):
+    """Open (cut bridges thinner than ~0.5 x radius, 2-6 mm), keep the components under the seeds,
+    regrow them within the candidate by the opening radius, fill holes."""
+    r_open = float(np.clip(0.25 * radius, 1.0, 3.0))
+    inner = ndi.distance_transform_edt(candidate, sampling=sp) > r_open
+    opened = ndi.distance_transform_edt(~inner, sampling=sp) <= r_open
+    labels, _ = ndi.label(opened)
+    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
+    if not ids:
+        labels, _ = ndi.label(candidate)
+        ids = {int(labels[tuple(s)]) for s in seeds} - {0}
+        return ndi.binary_fill_holes(np.isin(labels, list(ids))) if ids else np.zeros_like(candidate)
+    kept = np.isin(labels, list(ids))
+    grown = candidate & (ndi.distance_transform_edt(~kept, sampling=sp) <= r_open + sp.min())
+    labels, _ = ndi.label(grown)
+    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
+    return ndi.binary_fill_holes(np.isin(labels, list(ids)))

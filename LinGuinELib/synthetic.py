@@ -1,0 +1,318 @@
+"""Semi-synthetic longitudinal studies with known ground truth, made from one real CT + lesion mask.
+
+Scan 0 is the original CT (plus noise). Each follow-up ``t`` is the baseline resampled through an exact
+SimpleITK composite transform ``T_t`` that maps a follow-up point ``x`` (LPS mm) to the baseline point
+showing the same anatomy (the resampling direction):
+
+    T_t(x) = G_t(D_t(R_t(x)))
+
+* ``R_t``: rigid patient motion (``Euler3DTransform`` about the image centre);
+* ``D_t``: smooth deformation (cubic ``BSplineTransform``, ~60 mm control spacing);
+* ``G_t``: lesion growth/shrinkage by a diameter factor ``s`` about each lesion's interior centre ``c``
+  (a ``DisplacementFieldTransform`` on a local grid): a follow-up point at distance ``rho`` from ``c``
+  samples the baseline at distance ``rho * s**-h`` where ``h`` falls smoothly (in log-radius) from 1
+  inside the grown lesion to 0 far away, so the grown lesion is stretched tumour and a shrinking lesion
+  pulls surrounding tissue in. ``c`` is a fixed point of ``G_t``.
+
+Image is resampled linearly, label map by nearest neighbour, through the same transform; then CT noise
+is added and a few slices are cropped at either end (the output keeps the CT's native resolution).
+``truth.json`` records every parameter and, per scan and lesion, the true centre: the exact preimage
+``T_t^-1(c)`` of the baseline centre (solved by Newton's method to < 1e-3 mm).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .atomic import atomic_path, atomic_write, staged_outputs
+from .errors import InputError
+from .study import Scan, check_3d, check_same_geometry, integer_labels, read_image
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """Largest perturbation per follow-up (each drawn uniformly up to these bounds)."""
+
+    shift_mm: float  # rigid translation length
+    rotation_deg: float  # rotation about each axis
+    deform_mm: float  # largest displacement of the smooth deformation
+    growth: tuple[float, float]  # range of the final lesion diameter factor (log-uniform)
+    noise_hu: float  # standard deviation of added white noise
+    crop_slices: tuple[int, int]  # slices cropped at each end (min, max)
+
+
+LEVELS = {
+    "easy": Difficulty(3.0, 1.0, 2.0, (0.8, 1.25), 8.0, (0, 2)),
+    "medium": Difficulty(6.0, 2.0, 4.0, (0.65, 1.45), 12.0, (1, 3)),
+    "hard": Difficulty(10.0, 3.0, 6.0, (0.5, 1.7), 18.0, (1, 4)),
+}
+
+BSPLINE_SPACING_MM = 60.0
+HU_RANGE = (-1024, 3071)
+
+
+def _lesion_geometry(scan: Scan) -> dict[int, dict]:
+    """Per lesion id: interior centre (LPS mm), equivalent-sphere radius (mm) and volume (mL)."""
+    from .tracking import interior_centre
+
+    out = {}
+    for lesion_id in (int(v) for v in np.unique(scan.label) if v > 0):
+        mask = scan.label == lesion_id
+        volume = float(mask.sum()) * scan.voxel_volume_mm3
+        out[lesion_id] = {"centre_lps": interior_centre(mask, scan), "radius_mm": (3 * volume / (4 * np.pi)) ** (1 / 3),
+                          "volume_ml": volume / 1000.0}
+    return out
+
+
+def _rigid(rng, level: Difficulty, centre) -> sitk.Euler3DTransform:
+    angles = np.deg2rad(rng.uniform(-level.rotation_deg, level.rotation_deg, 3))
+    direction = rng.normal(size=3)
+    shift = direction / np.linalg.norm(direction) * rng.uniform(0.3, 1.0) * level.shift_mm
+    return sitk.Euler3DTransform(tuple(centre), *angles, tuple(shift))
+
+
+def _bspline(rng, level: Difficulty, reference: sitk.Image, pad_mm: float = 40.0) -> sitk.BSplineTransform:
+    """Random cubic B-spline over the image box padded by ``pad_mm``, scaled so its largest
+    displacement (sampled on a 10 mm grid) is ``U(0.6, 1) * deform_mm``."""
+    size = np.array(reference.GetSize())
+    spacing = np.array(reference.GetSpacing())
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    extent = (size - 1) * spacing + 2 * pad_mm
+    origin = np.array(reference.GetOrigin()) - direction @ np.full(3, pad_mm)
+    mesh = np.maximum(1, np.round(extent / BSPLINE_SPACING_MM)).astype(int)
+    tx = sitk.BSplineTransform(3, 3)
+    tx.SetTransformDomainOrigin(tuple(origin))
+    tx.SetTransformDomainPhysicalDimensions(tuple(extent))
+    tx.SetTransformDomainMeshSize([int(m) for m in mesh])
+    tx.SetTransformDomainDirection(tuple(direction.ravel()))
+    coeffs = rng.normal(size=tx.GetNumberOfParameters())
+    tx.SetParameters(tuple(coeffs))
+    probe_spacing = 10.0
+    probe_size = [int(e // probe_spacing) + 1 for e in extent]
+    field = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, probe_size, tuple(origin),
+                                              (probe_spacing,) * 3, tuple(direction.ravel()))
+    peak = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).max()
+    tx.SetParameters(tuple(coeffs * rng.uniform(0.6, 1.0) * level.deform_mm / peak))
+    return tx
+
+
+def _growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
+    """Radial growth by diameter ``factor`` about ``centre``: plateau out to ``a = radius*max(s, 1)``,
+    a log-radius smoothstep to identity at ``b = a*e^L`` (``L`` large enough that shrinking stays
+    invertible: radial stretch >= 0.3). Zero outside its local grid."""
+    log_s = np.log(factor)
+    a = radius_mm * max(factor, 1.0)
+    taper = max(np.log(3.0), 1.5 * abs(log_s) / 0.7)
+    b = a * np.exp(taper)
+    step = float(np.clip(a / 8.0, 0.5, 3.0))
+    n = int(np.ceil(b / step)) + 2
+    direction = np.asarray(direction, dtype=float).reshape(3, 3)
+    offsets = np.arange(-n, n + 1, dtype=np.float64) * step
+    zz, yy, xx = np.meshgrid(offsets, offsets, offsets, indexing="ij")  # index offsets along k, j, i
+    local = np.stack([xx, yy, zz], axis=-1)  # (k, j, i, 3) offsets along the grid axes (i, j, k)
+    rho = np.linalg.norm(local, axis=-1)
+    t = np.clip(np.log(np.maximum(rho, 1e-9) / a) / taper, 0.0, 1.0)
+    h = 1.0 - t * t * (3.0 - 2.0 * t)
+    scale = np.exp(-log_s * h) - 1.0
+    displacement = (local * scale[..., None]) @ direction.T  # grid axes -> LPS
+    field = sitk.GetImageFromArray(displacement, isVector=True)
+    field.SetSpacing((step,) * 3)
+    field.SetDirection(tuple(direction.ravel()))
+    field.SetOrigin(tuple(np.asarray(centre, dtype=float) - direction @ np.full(3, n * step)))
+    return sitk.DisplacementFieldTransform(field)
+
+
+def invert_point(transform: sitk.Transform, target, start, tol_mm: float = 1e-4) -> np.ndarray:
+    """Solve ``transform(x) = target`` for x by Newton's method (finite-difference Jacobian)."""
+    target = np.asarray(target, dtype=float)
+    x = np.asarray(start, dtype=float)
+    h = 0.05
+    for _ in range(100):
+        residual = np.array(transform.TransformPoint(tuple(x))) - target
+        if np.linalg.norm(residual) < tol_mm:
+            return x
+        jac = np.column_stack([(np.array(transform.TransformPoint(tuple(x + h * e)))
+                                - np.array(transform.TransformPoint(tuple(x - h * e)))) / (2 * h) for e in np.eye(3)])
+        x = x - np.linalg.solve(jac, residual)
+    raise InputError(f"cannot invert the synthetic transform at {np.round(target, 2).tolist()} (residual "
+                     f"{np.linalg.norm(residual):.3g} mm)")
+
+
+def _crop(rng, level: Difficulty, nk: int, lesion_k: tuple[int, int]) -> tuple[int, int]:
+    """Slices to crop (bottom, top), never within 3 slices of the lesion and leaving >= half the scan."""
+    lo, hi = level.crop_slices
+    bottom = min(int(rng.integers(lo, hi + 1)), max(0, lesion_k[0] - 3), nk // 4)
+    top = min(int(rng.integers(lo, hi + 1)), max(0, nk - 1 - lesion_k[1] - 3), nk // 4)
+    return bottom, top
+
+
+def _sub_reference(reference: sitk.Image, k_range: tuple[int, int]) -> sitk.Image:
+    """An empty image on ``reference``'s grid restricted to slices [k0, k1)."""
+    k0, k1 = k_range
+    size = list(reference.GetSize())
+    size[2] = k1 - k0
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetSpacing(reference.GetSpacing())
+    ref.SetDirection(reference.GetDirection())
+    ref.SetOrigin(reference.TransformIndexToPhysicalPoint((0, 0, k0)))
+    return ref
+
+
+def _add_noise(rng, image: sitk.Image, sigma: float) -> sitk.Image:
+    """int16 CT with white Gaussian noise of ``sigma`` HU, clipped to the CT range."""
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    if sigma > 0:
+        arr += rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(sigma)
+    out = sitk.GetImageFromArray(np.clip(np.rint(arr), *HU_RANGE).astype(np.int16))
+    out.CopyInformation(image)
+    return out
+
+
+def _write(image: sitk.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True, 1)
+
+
+def _label_centroid(label: np.ndarray, lesion_id: int, scan_like: sitk.Image) -> list[float] | None:
+    mask = label == lesion_id
+    if not mask.any():
+        return None
+    kji = np.array(ndimage.center_of_mass(mask))
+    return list(scan_like.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in kji[::-1])))
+
+
+def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0, difficulty: str = "medium",
+               patient_id: str | None = None, start_date: dt.date | None = None) -> Path:
+    """Write a ``n_scans``-scan study (``study.csv``, ``truth.json``, ``<scan>_image/label.nii.gz``)
+    into ``out_dir`` and return the path of ``study.csv``. Deterministic for a given seed."""
+    if difficulty not in LEVELS:
+        raise InputError(f"unknown difficulty {difficulty!r}; choose one of: {', '.join(LEVELS)}")
+    if n_scans < 2:
+        raise InputError(f"a study needs at least 2 scans, got --scans {n_scans}")
+    level = LEVELS[difficulty]
+    image_path, label_path = Path(image_path), Path(label_path)
+    image = read_image(image_path)
+    label = read_image(label_path)
+    check_3d(image, str(image_path))
+    check_3d(label, str(label_path))
+    check_same_geometry(image, label, str(label_path), str(image_path))
+    label_array = integer_labels(sitk.GetArrayFromImage(label), str(label_path))
+    if not label_array.any():
+        raise InputError(f"{label_path}: the label map holds no lesion")
+    image = sitk.Cast(image, sitk.sitkInt16)
+    label = sitk.Cast(label, sitk.sitkUInt16 if label_array.max() > 255 else sitk.sitkUInt8)
+    baseline = Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label, source_path=str(image_path))
+    lesions = _lesion_geometry(baseline)
+    lesion_k = np.nonzero(label_array.any(axis=(1, 2)))[0]
+    rng = np.random.default_rng([seed, sum(map(ord, difficulty)), sum(map(ord, image_path.name))])
+    patient_id = patient_id or f"{image_path.name.split('.')[0]}-{difficulty}-s{seed}"
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    date = dt.datetime.combine(start_date or dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365))),
+                               dt.time())
+    final_growth = {k: float(np.exp(rng.uniform(*np.log(level.growth)))) for k in lesions}
+
+    rows, scans_truth = [], []
+    with staged_outputs(out_dir) as stage:
+        for t in range(n_scans):
+            scan_id = f"t{t}"
+            entry = {"scan_id": scan_id, "date": date.date().isoformat(), "image": f"{scan_id}_image.nii.gz",
+                     "label": f"{scan_id}_label.nii.gz"}
+            if t == 0:
+                out_image, out_label, crop = image, label, (0, 0)
+                entry["lesions"] = {str(k): {"growth": 1.0, "centre_lps": v["centre_lps"].tolist()}
+                                    for k, v in lesions.items()}
+            else:
+                rigid = _rigid(rng, level, centre)
+                deform = _bspline(rng, level, image)
+                progress = t / (n_scans - 1)
+                growth = {k: float(s ** (progress * rng.uniform(0.8, 1.2) if t < n_scans - 1 else 1.0))
+                          for k, s in final_growth.items()}
+                grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
+                         for k, s in growth.items()]
+                transform = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
+                crop = _crop(rng, level, image.GetSize()[2], (int(lesion_k[0]), int(lesion_k[-1])))
+                reference = _sub_reference(image, (crop[0], image.GetSize()[2] - crop[1]))
+                out_image = sitk.Resample(image, reference, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+                out_label = sitk.Resample(label, reference, transform, sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+                inverse_rigid = rigid.GetInverse()
+                entry["lesions"] = {}
+                for k, v in lesions.items():
+                    start = inverse_rigid.TransformPoint(tuple(v["centre_lps"]))
+                    entry["lesions"][str(k)] = {"growth": growth[k],
+                                                "centre_lps": invert_point(transform, v["centre_lps"], start).tolist()}
+                entry["rigid"] = {"centre_lps": list(centre), "angles_deg": np.rad2deg(rigid.GetParameters()[:3]).tolist(),
+                                  "translation_mm": list(rigid.GetTranslation())}
+                entry["deformation_max_mm"] = float(np.abs(deform.GetParameters()).max())
+            out_label_array = sitk.GetArrayViewFromImage(out_label)
+            for k, info in entry["lesions"].items():
+                info["label_centroid_lps"] = _label_centroid(out_label_array, int(k), out_label)
+                info["volume_ml"] = float((out_label_array == int(k)).sum()) * np.prod(image.GetSpacing()) / 1000.0
+            entry["crop_slices"] = list(crop)
+            entry["noise_hu"] = level.noise_hu
+            _write(_add_noise(rng, out_image, level.noise_hu), stage / entry["image"])
+            _write(out_label, stage / entry["label"])
+            rows.append({"patient_id": patient_id, "scan_id": scan_id, "date": entry["date"],
+                         "image": entry["image"], "label": entry["label"]})
+            scans_truth.append(entry)
+            date += dt.timedelta(weeks=int(rng.integers(6, 17)), days=int(rng.integers(-3, 4)))
+        truth = {"generator": "LinGuinELib.synthetic", "source_image": str(image_path), "source_label": str(label_path),
+                 "seed": seed, "difficulty": difficulty, "parameters": asdict(level), "patient_id": patient_id,
+                 "transform": "follow-up point x -> baseline point G(D(R(x))); centre_lps = exact preimage of the "
+                              "baseline lesion centre (interior centre of the baseline label)",
+                 "scans": scans_truth}
+        with atomic_write(stage / "truth.json") as fh:
+            json.dump(truth, fh, indent=2)
+        with atomic_write(stage / "study.csv", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["patient_id", "scan_id", "date", "image", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return Path(out_dir) / "study.csv"
+
+
+def make_benchmark_studies(ct_dir, out_dir, seeds=(0, 1), levels=("easy", "medium", "hard"), n_scans: int = 4,
+                           progress=None) -> list[Path]:
+    """One study per ``<name>_image.nrrd`` + ``<name>_label.nrrd`` pair in ``ct_dir`` x seed x level,
+    written to ``out_dir/<name>-<level>-s<seed>/``; returns the ``study.csv`` paths."""
+    ct_dir = Path(ct_dir)
+    images = sorted(ct_dir.glob("*_image.nrrd"))
+    if not images:
+        raise InputError(f"{ct_dir}: no <name>_image.nrrd files")
+    jobs = [(img, lvl, s) for img in images for lvl in levels for s in seeds]
+    out = []
+    for img, lvl, s in jobs:
+        name = img.name[: -len("_image.nrrd")]
+        target = Path(out_dir) / f"{name}-{lvl}-s{s}"
+        if not (target / "study.csv").is_file():
+            make_study(img, ct_dir / f"{name}_label.nrrd", target, n_scans=n_scans, seed=s, difficulty=lvl,
+                       patient_id=f"{name}-{lvl}-s{s}")
+        out.append(target / "study.csv")
+        if progress:
+            progress(len(out), len(jobs))
+    return out
+
+
+def load_truth(study_csv) -> dict:
+    """``truth.json`` beside a synthetic ``study.csv`` (or in the given folder)."""
+    path = Path(study_csv)
+    path = (path if path.is_dir() else path.parent) / "truth.json"
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (not a synthetic study?)")
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def true_centres(truth: dict, lesion_id: int = 1) -> dict[str, np.ndarray]:
+    """scan id -> true lesion centre (LPS mm) of one lesion."""
+    return {s["scan_id"]: np.array(s["lesions"][str(lesion_id)]["centre_lps"]) for s in truth["scans"]}
+
+
+__all__ = ["Difficulty", "LEVELS", "make_study", "make_benchmark_studies", "load_truth", "true_centres",
+           "invert_point"]

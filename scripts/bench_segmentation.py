@@ -1,0 +1,140 @@
+"""Benchmark a click-seeded segmentation backend on the real chest CTs (lung1, lung2).
+
+For each lesion (as scanned, and shrunk/grown by a radial resampling around its centre) the
+backend is seeded at the lesion's interior centre (maximum of the spacing-aware distance
+transform) and at points shifted by 3 and 6 mm in random 3-D directions. Prints Dice, seconds per
+call and whether each seed lies in the lesion, medians per lesion and overall, and peak RSS.
+
+    .venv/bin/python scripts/bench_segmentation.py [--backend classic] [--ct-dir ../shared/data/ct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from LinGuinELib.backends import make_segmenter  # noqa: E402
+from LinGuinELib.study import Scan, read_image  # noqa: E402
+
+
+def interior_centre(mask: np.ndarray, spacing_kji) -> np.ndarray:
+    """(k, j, i) voxel farthest (mm) from the mask's edge."""
+    depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    return np.asarray(np.unravel_index(np.argmax(depth), mask.shape))
+
+
+def scale_lesion(scan: Scan, mask: np.ndarray, factor: float, blend_mm: float = 15.0):
+    """(image, mask) with the lesion's diameter scaled by ``factor`` about its interior centre.
+
+    Radial remap: a destination point at distance r from the centre samples the source at
+    r / factor out to the scaled lesion edge, blending linearly back to identity ``blend_mm`` beyond.
+    """
+    sp = scan.spacing_kji
+    centre = interior_centre(mask, sp)
+    pts = np.argwhere(mask)
+    r_lesion = float(np.sqrt((((pts - centre) * sp) ** 2).sum(1)).max()) + sp.min()
+    a = factor * r_lesion
+    b = max(a, r_lesion) + blend_mm
+    half = np.ceil(b / sp).astype(int) + 1
+    lo = np.maximum(centre - half, 0)
+    hi = np.minimum(centre + half + 1, scan.shape)
+    grid = np.stack(np.meshgrid(*[np.arange(x, y) for x, y in zip(lo, hi)], indexing="ij"), -1).astype(float)
+    rel = (grid - centre) * sp
+    r = np.sqrt((rel ** 2).sum(-1))
+    src_r = np.where(r <= a, r / factor, np.where(r >= b, r, r_lesion + (r - a) * (b - r_lesion) / (b - a)))
+    ratio = np.divide(src_r, r, out=np.full_like(r, 1.0 / factor), where=r > 0)
+    src = centre + rel * ratio[..., None] / sp
+    coords = src.reshape(-1, 3).T
+    image, label = scan.array.copy(), mask.copy()
+    box = tuple(slice(x, y) for x, y in zip(lo, hi))
+    image[box] = np.rint(ndi.map_coordinates(scan.array.astype(np.float32), coords, order=1, mode="nearest")
+                         .reshape(r.shape)).astype(image.dtype)
+    label[box] = ndi.map_coordinates(mask.astype(np.uint8), coords, order=0, mode="nearest").reshape(r.shape) > 0
+    return image, label
+
+
+def shifted_seeds(centre, spacing_kji, shape, shifts_mm, n_dirs, rng):
+    """[(shift_mm, (k, j, i)), ...]: the centre, then n_dirs random directions per shift."""
+    seeds = [(0.0, tuple(int(v) for v in centre))]
+    for shift in shifts_mm:
+        for _ in range(n_dirs):
+            d = rng.normal(size=3)
+            p = np.rint(centre + shift * d / np.linalg.norm(d) / spacing_kji).astype(int)
+            seeds.append((shift, tuple(int(v) for v in np.clip(p, 0, np.asarray(shape) - 1))))
+    return seeds
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / total) if total else 1.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="classic")
+    parser.add_argument("--ct-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"))
+    parser.add_argument("--cases", nargs="+", default=["lung1", "lung2"])
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.0, 0.6, 1.5])
+    parser.add_argument("--shifts", nargs="+", type=float, default=[3.0, 6.0])
+    parser.add_argument("--n-dirs", type=int, default=8, help="random directions per shift")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    segmenter = make_segmenter(args.backend)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    print(f"{'lesion':<12} {'shift':>5} {'seed (k,j,i)':>16} {'in':>3} {'dice':>6} {'vol/ref':>7} {'s':>5}")
+    for case in args.cases:
+        ct = Path(args.ct_dir)
+        scan = Scan.from_sitk(read_image(ct / f"{case}_image.nrrd"), case, dt.datetime(2020, 1, 1),
+                              read_image(ct / f"{case}_label.nrrd"))
+        for factor in args.scales:
+            image, ref = scale_lesion(scan, scan.label > 0, factor) if factor != 1.0 else (scan.array, scan.label > 0)
+            lesion = f"{case}x{factor:g}"
+            test = Scan(scan_id=lesion, array=image, origin=scan.origin, spacing=scan.spacing,
+                        direction=scan.direction, date=scan.date)
+            centre = interior_centre(ref, test.spacing_kji)
+            for shift, seed in shifted_seeds(centre, test.spacing_kji, test.shape, args.shifts, args.n_dirs, rng):
+                t0 = time.perf_counter()
+                mask = segmenter.segment(test, np.array([seed]))
+                seconds = time.perf_counter() - t0
+                inside = bool(ref[seed])
+                d = dice(mask, ref)
+                rows.append((lesion, shift, inside, d, seconds))
+                print(f"{lesion:<12} {shift:5.1f} {str(seed):>16} {'y' if inside else 'n':>3} {d:6.3f} "
+                      f"{mask.sum() / ref.sum():7.2f} {seconds:5.2f}", flush=True)
+
+    print("\nmedian Dice (seeds inside the lesion; seeds outside in brackets)")
+    lesions = list(dict.fromkeys(r[0] for r in rows))
+    shifts = sorted({r[1] for r in rows})
+    print(f"{'lesion':<12} " + " ".join(f"{f'{s:g} mm':>14}" for s in shifts) + f" {'all inside':>11}")
+    for lesion in lesions + ["ALL"]:
+        cells = []
+        for s in shifts:
+            sel = [r for r in rows if (lesion == "ALL" or r[0] == lesion) and r[1] == s]
+            ins = [r[3] for r in sel if r[2]]
+            out = [r[3] for r in sel if not r[2]]
+            cells.append(f"{np.median(ins) if ins else float('nan'):.3f}/{len(ins)}"
+                         + (f" ({np.median(out):.2f}/{len(out)})" if out else ""))
+        every = [r[3] for r in rows if (lesion == "ALL" or r[0] == lesion) and r[2]]
+        print(f"{lesion:<12} " + " ".join(f"{c:>14}" for c in cells) + f" {np.median(every):11.3f}")
+    inside = [r[3] for r in rows if r[2]]
+    print(f"\ninside seeds: {len(inside)}, Dice < 0.5: {sum(d < 0.5 for d in inside)}; "
+          f"lung1+lung2 as scanned: median {np.median([r[3] for r in rows if r[2] and r[0].endswith('x1')]):.3f}")
+    secs = [r[4] for r in rows]
+    print(f"seconds per call: median {np.median(secs):.2f}, max {max(secs):.2f}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
