@@ -9,7 +9,7 @@ import sys
 from . import __version__
 from .errors import LinGuinEError, TrackingCancelled
 
-COMMANDS = ("track",)
+COMMANDS = ("track", "evaluate", "demo", "info", "export_seg")
 
 
 def build_parser() -> argparse.ArgumentParser:

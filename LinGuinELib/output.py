@@ -24,6 +24,20 @@ def safe_filename(name: str) -> str:
     return cleaned or "scan"
 
 
+def label_map_names(scan_ids: list[str]) -> dict[str, str]:
+    """{scan_id: "<safe scan id>.nii.gz"}, unique even when two ids clean to the same name."""
+    names, used = {}, set()
+    for scan_id in scan_ids:
+        base = safe_filename(scan_id)
+        name, n = base, 1
+        while name.lower() in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name.lower())
+        names[scan_id] = name + ".nii.gz"
+    return names
+
+
 def _fmt(value) -> str:
     if value is None:
         return ""
@@ -54,7 +68,7 @@ def write_tracking_outputs(result, out_dir, extra_summary: dict | None = None) -
     out_dir = Path(out_dir)
     rows = measurement_rows(result)
     summary = result.summary()
-    summary["label_maps"] = {s.scan_id: safe_filename(s.scan_id) + ".nii.gz" for s in result.study}
+    summary["label_maps"] = label_map_names(result.study.scan_ids)
     summary.update(extra_summary or {})
     written = {}
     with staged_outputs(out_dir) as stage:

@@ -298,7 +298,15 @@ def load_study(path: str | os.PathLike, with_labels: bool = True) -> Study:
         return load_dicom_study(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.suffix.lower() == ".dcm" or _is_dicom_file(path):
+        raise InputError(f"{path}: a single DICOM file is not a study; give the folder holding the patient's "
+                         "DICOM series, or a study.csv")
     return load_study_csv(path, with_labels=with_labels)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:132] == b"DICM"
 
 
 def load_label_map(path: str | os.PathLike, scan: Scan) -> np.ndarray:

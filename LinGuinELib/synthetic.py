@@ -1,10 +1,10 @@
 """Semi-synthetic longitudinal studies with known ground truth, made from one real CT + lesion mask.
 
-Scan 0 is the original CT (plus noise). Each follow-up ``t`` is the baseline resampled through an exact
-SimpleITK composite transform ``T_t`` that maps a follow-up point ``x`` (LPS mm) to the baseline point
-showing the same anatomy (the resampling direction):
+Scan 0 is the original CT (plus noise). Each follow-up ``t`` is the baseline resampled through a
+transform ``T_t`` that maps a follow-up point ``x`` (LPS mm) to the baseline point showing the same
+anatomy (the resampling direction). It is built from
 
-    T_t(x) = G_t(D_t(R_t(x)))
+    G_t(D_t(R_t(x)))
 
 * ``R_t``: rigid patient motion (``Euler3DTransform`` about the image centre);
 * ``D_t``: smooth deformation (cubic ``BSplineTransform``, ~60 mm control spacing);
@@ -14,10 +14,12 @@ showing the same anatomy (the resampling direction):
   inside the grown lesion to 0 far away, so the grown lesion is stretched tumour and a shrinking lesion
   pulls surrounding tissue in. ``c`` is a fixed point of ``G_t``.
 
-Image is resampled linearly, label map by nearest neighbour, through the same transform; then CT noise
-is added and a few slices are cropped at either end (the output keeps the CT's native resolution).
-``truth.json`` records every parameter and, per scan and lesion, the true centre: the exact preimage
-``T_t^-1(c)`` of the baseline centre (solved by Newton's method to < 1e-3 mm).
+For speed that composite is sampled once on a 2.5 mm grid covering the follow-up's field of view, and
+``T_t`` *is* the resulting ``DisplacementFieldTransform`` (trilinear): the image (linear) and label map
+(nearest) are resampled through exactly this transform, and the truth is computed from it. Then CT noise
+is added and a few slices are cropped at either end (outputs keep the CT's native resolution).
+``truth.json`` records the parameters and, per scan and lesion, the true centre: the preimage
+``T_t^-1(c)`` of the baseline centre (Newton's method, residual < 1e-4 mm).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ LEVELS = {
 }
 
 BSPLINE_SPACING_MM = 60.0
+FIELD_SPACING_MM = 2.5
 HU_RANGE = (-1024, 3071)
 
 
@@ -67,8 +70,11 @@ def _lesion_geometry(scan: Scan) -> dict[int, dict]:
     for lesion_id in (int(v) for v in np.unique(scan.label) if v > 0):
         mask = scan.label == lesion_id
         volume = float(mask.sum()) * scan.voxel_volume_mm3
-        out[lesion_id] = {"centre_lps": interior_centre(mask, scan), "radius_mm": (3 * volume / (4 * np.pi)) ** (1 / 3),
-                          "volume_ml": volume / 1000.0}
+        centre = interior_centre(mask, scan)
+        points = scan.kji_to_lps(np.argwhere(mask))
+        extent = float(np.linalg.norm(points - centre, axis=1).max())
+        out[lesion_id] = {"centre_lps": centre, "centroid_lps": points.mean(axis=0),
+                          "radius_mm": (3 * volume / (4 * np.pi)) ** (1 / 3), "extent_mm": extent}
     return out
 
 
@@ -79,9 +85,9 @@ def _rigid(rng, level: Difficulty, centre) -> sitk.Euler3DTransform:
     return sitk.Euler3DTransform(tuple(centre), *angles, tuple(shift))
 
 
-def _bspline(rng, level: Difficulty, reference: sitk.Image, pad_mm: float = 40.0) -> sitk.BSplineTransform:
+def _bspline(rng, level: Difficulty, reference: sitk.Image, pad_mm: float = 40.0) -> tuple[sitk.BSplineTransform, float]:
     """Random cubic B-spline over the image box padded by ``pad_mm``, scaled so its largest
-    displacement (sampled on a 10 mm grid) is ``U(0.6, 1) * deform_mm``."""
+    displacement (sampled on a 10 mm grid) is ``U(0.6, 1) * deform_mm``; returns (transform, that peak)."""
     size = np.array(reference.GetSize())
     spacing = np.array(reference.GetSpacing())
     direction = np.array(reference.GetDirection()).reshape(3, 3)
@@ -100,8 +106,9 @@ def _bspline(rng, level: Difficulty, reference: sitk.Image, pad_mm: float = 40.0
     field = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, probe_size, tuple(origin),
                                               (probe_spacing,) * 3, tuple(direction.ravel()))
     peak = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).max()
-    tx.SetParameters(tuple(coeffs * rng.uniform(0.6, 1.0) * level.deform_mm / peak))
-    return tx
+    target = rng.uniform(0.6, 1.0) * level.deform_mm
+    tx.SetParameters(tuple(coeffs * target / peak))
+    return tx, float(target)
 
 
 def _growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
@@ -146,11 +153,27 @@ def invert_point(transform: sitk.Transform, target, start, tol_mm: float = 1e-4)
                      f"{np.linalg.norm(residual):.3g} mm)")
 
 
-def _crop(rng, level: Difficulty, nk: int, lesion_k: tuple[int, int]) -> tuple[int, int]:
-    """Slices to crop (bottom, top), never within 3 slices of the lesion and leaving >= half the scan."""
+def _crop(rng, level: Difficulty, transform: sitk.Transform, image: sitk.Image, body_ij, lesion_k) -> tuple[int, int]:
+    """Slices to crop (bottom, top): a random count, raised so that no end slice samples outside the
+    baseline within the body's in-plane box ``body_ij`` ((i0, i1), (j0, j1)) - no padded wedges - but
+    never within 3 slices of the lesion nor more than a quarter of the scan."""
+    nk = image.GetSize()[2]
+    grid = [(i, j) for i in np.linspace(*body_ij[0], 8) for j in np.linspace(*body_ij[1], 8)]
+
+    def inside(k: int) -> bool:
+        for i, j in grid:
+            mapped = transform.TransformPoint(image.TransformContinuousIndexToPhysicalPoint((i, j, float(k))))
+            if not -0.5 <= image.TransformPhysicalPointToContinuousIndex(mapped)[2] <= nk - 0.5:
+                return False
+        return True
+
     lo, hi = level.crop_slices
-    bottom = min(int(rng.integers(lo, hi + 1)), max(0, lesion_k[0] - 3), nk // 4)
-    top = min(int(rng.integers(lo, hi + 1)), max(0, nk - 1 - lesion_k[1] - 3), nk // 4)
+    limits = (min(max(0, lesion_k[0] - 3), nk // 4), min(max(0, nk - 1 - lesion_k[1] - 3), nk // 4))
+    bottom, top = (min(int(rng.integers(lo, hi + 1)), limit) for limit in limits)
+    while bottom < limits[0] and not inside(bottom):
+        bottom += 1
+    while top < limits[1] and not inside(nk - 1 - top):
+        top += 1
     return bottom, top
 
 
@@ -164,6 +187,46 @@ def _sub_reference(reference: sitk.Image, k_range: tuple[int, int]) -> sitk.Imag
     ref.SetDirection(reference.GetDirection())
     ref.SetOrigin(reference.TransformIndexToPhysicalPoint((0, 0, k0)))
     return ref
+
+
+def _sampled(transform: sitk.Transform, reference: sitk.Image) -> sitk.DisplacementFieldTransform:
+    """``transform`` sampled every ``FIELD_SPACING_MM`` over ``reference``'s box plus one grid step."""
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    extent = (np.array(reference.GetSize()) - 1) * np.array(reference.GetSpacing())
+    size = [int(np.ceil(e / FIELD_SPACING_MM)) + 3 for e in extent]
+    origin = np.array(reference.GetOrigin()) - direction @ np.full(3, FIELD_SPACING_MM)
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, tuple(origin),
+                                              (FIELD_SPACING_MM,) * 3, reference.GetDirection())
+    return sitk.DisplacementFieldTransform(field)
+
+
+def _resample_label(label: sitk.Image, reference: sitk.Image, transform, lesions) -> sitk.Image:
+    """Nearest-neighbour resampling of ``label`` onto ``reference``, computed only in a box around each
+    ``(centre_lps, reach_mm)`` lesion (the rest is background); falls back to the full grid if a lesion
+    touches its box."""
+    out = np.zeros(reference.GetSize()[::-1], dtype=sitk.GetArrayViewFromImage(label).dtype)
+    spacing_kji = np.array(reference.GetSpacing())[::-1]
+    for centre, reach in lesions:
+        kji = np.array(reference.TransformPhysicalPointToContinuousIndex(tuple(centre)))[::-1]
+        half = np.ceil((reach * 1.3 + 10.0) / spacing_kji).astype(int)
+        lo = np.clip(np.floor(kji).astype(int) - half, 0, out.shape)
+        hi = np.clip(np.ceil(kji).astype(int) + half + 1, 0, out.shape)
+        box = sitk.Image([int(v) for v in (hi - lo)[::-1]], sitk.sitkUInt8)
+        box.SetSpacing(reference.GetSpacing())
+        box.SetDirection(reference.GetDirection())
+        box.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]]))
+        part = sitk.GetArrayFromImage(sitk.Resample(label, box, transform, sitk.sitkNearestNeighbor, 0,
+                                                    label.GetPixelID()))
+        inner = np.zeros(part.shape, dtype=bool)
+        inner[tuple(slice(1 if a > 0 else 0, n - 1 if b < m else n)
+                    for a, b, n, m in zip(lo, hi, part.shape, out.shape))] = True
+        if part[~inner].any():
+            return sitk.Resample(label, reference, transform, sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+        region = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        region[part > 0] = part[part > 0]
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(reference)
+    return image
 
 
 def _add_noise(rng, image: sitk.Image, sigma: float) -> sitk.Image:
@@ -212,6 +275,8 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
     baseline = Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label, source_path=str(image_path))
     lesions = _lesion_geometry(baseline)
     lesion_k = np.nonzero(label_array.any(axis=(1, 2)))[0]
+    body = np.argwhere(sitk.GetArrayViewFromImage(image)[::2, ::4, ::4] > -400)[:, 1:] * 4
+    body_ij = ((body[:, 1].min(), body[:, 1].max()), (body[:, 0].min(), body[:, 0].max()))
     rng = np.random.default_rng([seed, sum(map(ord, difficulty)), sum(map(ord, image_path.name))])
     patient_id = patient_id or f"{image_path.name.split('.')[0]}-{difficulty}-s{seed}"
     centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
@@ -227,30 +292,34 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
                      "label": f"{scan_id}_label.nii.gz"}
             if t == 0:
                 out_image, out_label, crop = image, label, (0, 0)
-                entry["lesions"] = {str(k): {"growth": 1.0, "centre_lps": v["centre_lps"].tolist()}
-                                    for k, v in lesions.items()}
+                entry["lesions"] = {str(k): {"growth": 1.0, "centre_lps": v["centre_lps"].tolist(),
+                                             "centroid_lps": v["centroid_lps"].tolist()} for k, v in lesions.items()}
             else:
                 rigid = _rigid(rng, level, centre)
-                deform = _bspline(rng, level, image)
+                deform, deform_peak = _bspline(rng, level, image)
                 progress = t / (n_scans - 1)
                 growth = {k: float(s ** (progress * rng.uniform(0.8, 1.2) if t < n_scans - 1 else 1.0))
                           for k, s in final_growth.items()}
                 grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
                          for k, s in growth.items()]
-                transform = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
-                crop = _crop(rng, level, image.GetSize()[2], (int(lesion_k[0]), int(lesion_k[-1])))
+                composite = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
+                crop = _crop(rng, level, composite, image, body_ij, (int(lesion_k[0]), int(lesion_k[-1])))
                 reference = _sub_reference(image, (crop[0], image.GetSize()[2] - crop[1]))
+                transform = _sampled(composite, reference)
                 out_image = sitk.Resample(image, reference, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-                out_label = sitk.Resample(label, reference, transform, sitk.sitkNearestNeighbor, 0, label.GetPixelID())
                 inverse_rigid = rigid.GetInverse()
                 entry["lesions"] = {}
                 for k, v in lesions.items():
-                    start = inverse_rigid.TransformPoint(tuple(v["centre_lps"]))
-                    entry["lesions"][str(k)] = {"growth": growth[k],
-                                                "centre_lps": invert_point(transform, v["centre_lps"], start).tolist()}
+                    entry["lesions"][str(k)] = {
+                        "growth": growth[k],
+                        **{key: invert_point(transform, v[key], inverse_rigid.TransformPoint(tuple(v[key]))).tolist()
+                           for key in ("centre_lps", "centroid_lps")}}
+                reach = {k: max(growth[k], 1.0) * lesions[k]["extent_mm"] for k in lesions}
+                out_label = _resample_label(label, reference, transform,
+                                            [(entry["lesions"][str(k)]["centre_lps"], reach[k]) for k in lesions])
                 entry["rigid"] = {"centre_lps": list(centre), "angles_deg": np.rad2deg(rigid.GetParameters()[:3]).tolist(),
                                   "translation_mm": list(rigid.GetTranslation())}
-                entry["deformation_max_mm"] = float(np.abs(deform.GetParameters()).max())
+                entry["deformation_max_mm"] = deform_peak
             out_label_array = sitk.GetArrayViewFromImage(out_label)
             for k, info in entry["lesions"].items():
                 info["label_centroid_lps"] = _label_centroid(out_label_array, int(k), out_label)
@@ -265,6 +334,8 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
             date += dt.timedelta(weeks=int(rng.integers(6, 17)), days=int(rng.integers(-3, 4)))
         truth = {"generator": "LinGuinELib.synthetic", "source_image": str(image_path), "source_label": str(label_path),
                  "seed": seed, "difficulty": difficulty, "parameters": asdict(level), "patient_id": patient_id,
+                 "baseline_lesions": {str(k): {"radius_mm": v["radius_mm"], "extent_mm": v["extent_mm"],
+                                               "final_growth": final_growth[k]} for k, v in lesions.items()},
                  "transform": "follow-up point x -> baseline point G(D(R(x))); centre_lps = exact preimage of the "
                               "baseline lesion centre (interior centre of the baseline label)",
                  "scans": scans_truth}

@@ -8,10 +8,12 @@ Geometry: slice k of the returned image is file k; ImagePositionPatient is the L
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
-import pydicom
+import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -49,7 +51,8 @@ def write_ct_series(out_dir: Path, image: sitk.Image, *, patient_id: str = "LNG-
     array = sitk.GetArrayFromImage(image).astype(np.int16)
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     spacing = image.GetSpacing()
-    study_uid, series_uid, frame_uid = study_uid or generate_uid(), series_uid or generate_uid(), frame_uid or generate_uid()
+    study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
+    frame_uid = frame_uid or generate_uid()
     paths = []
     for n, k in enumerate(range(array.shape[0]) if slices is None else slices):
         meta = FileMetaDataset()
@@ -102,5 +105,24 @@ def write_ct_series(out_dir: Path, image: sitk.Image, *, patient_id: str = "LNG-
     return paths
 
 
-def read_uid(path: Path, keyword: str) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).get(keyword, ""))
+THIRD_PARTY_SEG = "third_party_liver_seg.dcm"
+
+
+def third_party_seg(ct_dir: Path) -> Path:
+    """The DICOM-SEG written by another tool (dcmqi's liver example) beside the CT folder; skips if absent."""
+    path = Path(ct_dir).parent / THIRD_PARTY_SEG
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+def dciodvfy_errors(paths) -> list[str]:
+    """``Error`` lines dciodvfy prints for each file (skips the test when dciodvfy is absent)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
+    errors = []
+    for path in paths:
+        run = subprocess.run([exe, str(path)], capture_output=True, text=True)
+        errors += [f"{path}: {line}" for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    return errors

@@ -111,3 +111,11 @@ def test_every_command_has_help_and_module_entry_point_runs():
         assert p.format_help().strip(), name
     out = subprocess.run([sys.executable, "-m", "LinGuinELib", "track", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--point-ras" in out.stdout
+
+
+def test_label_map_file_names_are_safe_and_unique():
+    from LinGuinELib.output import label_map_names
+
+    names = label_map_names(["CT 2020/01/01", "CT 2020_01_01", "../x", "ok-1"])
+    assert names == {"CT 2020/01/01": "CT_2020_01_01.nii.gz", "CT 2020_01_01": "CT_2020_01_01_2.nii.gz",
+                     "../x": "x.nii.gz", "ok-1": "ok-1.nii.gz"}

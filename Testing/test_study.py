@@ -129,3 +129,10 @@ def test_resolve_by_id_position_and_date():
     assert study.resolve("2020-02-01").scan_id == "s1"
     with pytest.raises(InputError, match="unknown scan 'zz'.*s2, s1, s0"):
         study.resolve("zz")
+
+
+def test_single_dicom_file_as_study_says_give_the_folder(tmp_path):
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    with pytest.raises(InputError, match=r"slice\.dcm: a single DICOM file is not a study; give the folder"):
+        load_study(path)

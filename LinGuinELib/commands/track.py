@@ -75,23 +75,28 @@ def build_prompts(study, args) -> list:
     if args.mask:
         mask_path = Path(args.mask)
         if mask_path.suffix.lower() == ".dcm":
-            from ..dicom_seg import read_seg_prompt
+            from ..dicom_seg import read_seg_prompt, seg_lesions
 
-            scan_id, labels = read_seg_prompt(mask_path, study, lesion_id=None)
+            one = args.lesion_id[0] if len(args.lesion_id) == 1 else None  # lets one of overlapping segments be picked
+            scan_id, labels = read_seg_prompt(mask_path, study, lesion_id=one)
             if args.source and study.resolve(args.source).scan_id != scan_id:
                 raise InputError(f"{mask_path}: this SEG belongs to scan '{scan_id}', not --source {args.source}")
+            known = seg_lesions(mask_path)  # keeps name and TrackingUID of a lesion we exported before
         else:
             if not args.source:
                 raise InputError("--source is required with a label-map --mask")
             scan_id = study.resolve(args.source).scan_id
             labels = load_label_map(mask_path, study.scan(scan_id))
+            known = {}
         present = [int(v) for v in np.unique(labels) if v > 0]
         wanted = args.lesion_id or present
-        for n, lid in enumerate(wanted):
-            if lid not in present:
-                raise InputError(f"{mask_path}: lesion id {lid} is not in the mask (ids present: {present or 'none'})")
-            name = args.name[n] if n < len(args.name) else ""
-            prompts.append(LesionPrompt(Lesion(lid, name), scan_id, mask=labels == lid))
+        for n, value in enumerate(wanted):
+            if value not in present:
+                raise InputError(f"{mask_path}: lesion id {value} is not in the mask (ids present: {present or 'none'})")
+            lesion = known.get(value) or Lesion(value)
+            if n < len(args.name):
+                lesion.name = args.name[n]
+            prompts.append(LesionPrompt(lesion, scan_id, mask=labels == value))
         if not prompts:
             raise InputError(f"{mask_path}: the mask is empty")
     if points_given:
@@ -130,7 +135,8 @@ def tqdm_progress(desc: str):
     return progress, bar.close
 
 
-def print_table(rows: list[dict], file=sys.stdout) -> None:
+def print_table(rows: list[dict], file=None) -> None:
+    file = file or sys.stdout
     print(f"{'lesion':<12} {'scan':<14} {'status':<12} {'volume mL':>10} {'long mm':>8} {'short mm':>8} {'vs base %':>9}",
           file=file)
     for r in rows:
@@ -146,6 +152,10 @@ def run(args) -> int:
     from ..study import load_study
 
     study = load_study(args.study)
+    if args.dicom_seg:
+        not_dicom = [s.scan_id for s in study if "dicom" not in s.meta]
+        if not_dicom:
+            raise InputError(f"--dicom-seg needs a DICOM study; scans {', '.join(not_dicom)} were not loaded from DICOM")
     prompts = build_prompts(study, args)
     progress, close = tqdm_progress("tracking")
     try:
@@ -162,6 +172,8 @@ def run(args) -> int:
         from ..dicom_seg import export_segs
 
         export_segs(study, {s.scan_id: result.label_map(s.scan_id) for s in study}, result.lesions,
-                    Path(args.out) / "dicom-seg", log=lambda m: print(m, file=sys.stderr))
+                    Path(args.out) / "dicom-seg", log=lambda m: print(m, file=sys.stderr),
+                    algorithm_parameters={"registration": args.registration, "segmentation": args.segmentation,
+                                          "boost": str(args.boost), "chain": str(args.chain)})
     print(f"outputs written to {Path(args.out).resolve()} ({len(written)} files)", file=sys.stderr)
     return 0

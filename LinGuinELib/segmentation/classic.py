@@ -56,14 +56,15 @@ class ClassicSegmenter(Segmenter):
         window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
         if window is None:
             return out
-        cap = min(2.0 * radius + 2.0, self.max_radius_mm)
+        cap = min(1.5 * radius + 2.0, self.max_radius_mm)
         fg = np.vstack([seed, seeds[1:]])  # the first point is replaced by its relocated seed
         lo, hi = _box(fg, cap + 1.0, sp, crop.shape)
         crop, fg = crop[_sl(lo, hi)], fg - lo
         candidate = (crop >= window[0]) & (crop <= window[1]) & (_dist_from(fg[0], crop.shape, sp) <= cap)
         if lung:
-            candidate &= _pleural_envelope(scan, lo_box + lo, lo_box + hi, lo_box + lo + fg[0], window[0], radius,
-                                           cap, sp)
+            envelope = _pleural_envelope(scan, lo_box + lo, lo_box + hi, lo_box + lo + fg[0], window[0], radius, cap, sp)
+            if envelope[tuple(fg[0])]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
+                candidate &= envelope
         candidate[tuple(fg.T)] = True
         negs = negative - lo_box - lo
         negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
@@ -132,55 +133,75 @@ def _fibonacci_sphere(n):
     return np.stack([np.cos(polar), np.sin(polar) * np.sin(azim), np.sin(polar) * np.cos(azim)], axis=1)
 
 
-def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5):
+def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5, beyond_mm=5.0):
     """((lo, hi) HU window, median radius mm, lung context) from rays cast from ``seed``.
 
-    Core value = median within 2 mm of the seed. Ray samples darker/brighter than the core by more
-    than max(4 x its spread, 60 HU) form the surrounding classes; the window reaches half way to
-    each class's median. A ray's radius is where it first leaves the window for 1 mm.
-    Returns (None, 0, False) when the core is air.
+    Core value = median within 2 mm of the seed. Starting from core +- max(4 x its spread, 150 HU),
+    each ray's exit is where it first leaves the window for 1 mm, and the extreme value within
+    ``beyond_mm`` past the exit is the surrounding it meets; the window then reaches half way to the median darker
+    (brighter) surrounding, if at least 10 % of rays meet one (twice). The radius is the median
+    exit distance; lung context = the darker surrounding is air. (None, 0, False) if the core is air.
     """
     lo, hi = _ball_box(seed, 2.0, sp, crop.shape)
-    core_mask = _dist_from(seed - lo, hi - lo, sp) <= 2.0
-    core = crop[_sl(lo, hi)][core_mask]
+    core = crop[_sl(lo, hi)][_dist_from(seed - lo, hi - lo, sp) <= 2.0]
     mu = float(np.median(core))
     if mu < AIR_HU:
         return None, 0.0, False
-    spread = 1.4826 * float(np.median(np.abs(core - mu)))
-    margin = max(4.0 * spread, 60.0)
-    dirs = _fibonacci_sphere(n_rays)
+    half = max(4.0 * 1.4826 * float(np.median(np.abs(core - mu))), 150.0)
+    low, high = mu - half, mu + half
     t = np.arange(0.0, max_radius + step, step)
-    pts = seed[None, None, :] + dirs[:, None, :] * t[None, :, None] / sp
-    prof = ndi.map_coordinates(crop, pts.reshape(-1, 3).T, order=1, mode="nearest").reshape(len(dirs), len(t))
-    dark, bright = prof[prof < mu - margin], prof[prof > mu + margin]
-    low = (mu + np.median(dark)) / 2 if dark.size > 0.02 * prof.size else mu - max(margin, 200.0)
-    high = (mu + np.median(bright)) / 2 if bright.size > 0.02 * prof.size else mu + max(margin, 200.0)
-    outside = (prof < low) | (prof > high)
-    run = max(int(round(1.0 / step)), 1)
-    leaving = ndi.minimum_filter1d(outside.astype(np.uint8), run, axis=1, origin=-(run // 2)).astype(bool)
+    pts = seed[None, None, :] + _fibonacci_sphere(n_rays)[:, None, :] * t[None, :, None] / sp
+    prof = ndi.map_coordinates(crop, pts.reshape(-1, 3).T, order=1, mode="nearest").reshape(n_rays, len(t))
+    run, skip = max(int(round(1.0 / step)), 1), int(round(beyond_mm / step))
+    rows = np.arange(n_rays)
+    darker = np.zeros(0)
+    for _ in range(2):
+        outside = ((prof < low) | (prof > high)).astype(np.uint8)
+        leaving = ndi.minimum_filter1d(outside, run, axis=1, origin=-(run // 2)).astype(bool)
+        first = np.where(leaving.any(1), leaving.argmax(1), len(t) - 1)
+        ahead = prof[rows[:, None], np.minimum(first[:, None] + np.arange(skip + 1), len(t) - 1)]
+        went_low = prof[rows, first] < low
+        darker, brighter = ahead[went_low].min(1), ahead[~went_low].max(1)
+        darker, brighter = darker[darker < low], brighter[brighter > high]
+        if darker.size >= 0.1 * n_rays:
+            low = (mu + float(np.median(darker))) / 2
+        if brighter.size >= 0.1 * n_rays:
+            high = (mu + float(np.median(brighter))) / 2
+    outside = ((prof < low) | (prof > high)).astype(np.uint8)
+    leaving = ndi.minimum_filter1d(outside, run, axis=1, origin=-(run // 2)).astype(bool)
     first = np.where(leaving.any(1), leaving.argmax(1), len(t) - 1)
     radius = max(float(np.median(t[first])), 1.0)
-    exits = prof[np.arange(len(dirs)), np.minimum(first + run, len(t) - 1)]
-    lung = bool(np.mean(exits < AIR_HU) >= 0.25)
+    lung = bool(darker.size >= 0.1 * n_rays and np.median(darker) < AIR_HU)
     return (low, high), radius, lung
 
 
 def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.0):
-    """Bool mask over the scan box [lo, hi): the air region closed by a ball of max(2 x radius, 15) mm.
+    """Bool mask over the scan box [lo, hi): lung air closed by a ball of max(2 x radius, 15) mm.
 
     Inside: lung air and what it wraps around (a tumour); outside: tissue deeper than the ball
-    reaches (chest wall, mediastinum, diaphragm). Computed on a ~2 mm grid for speed.
+    reaches from the lung (chest wall, mediastinum, diaphragm). Air connected to the image's
+    in-plane border is outside the body and does not count as lung (unless no other air is near
+    the seed, e.g. a field of view that cuts the lung). Computed on a ~2 mm grid.
     """
     rho = max(2.0 * radius, 15.0)
-    c_lo, c_hi = _box(seed[None], cap + 2.0 * rho + grid_mm, sp, scan.shape)
     stride = np.maximum(np.round(grid_mm / sp).astype(int), 1)
-    coarse = scan.array[tuple(slice(int(a), int(b), int(s)) for a, b, s in zip(c_lo, c_hi, stride))]
     csp = sp * stride
-    air = coarse < air_below
-    dilated = ndi.distance_transform_edt(~air, sampling=csp) <= rho
-    closed = air | (ndi.distance_transform_edt(dilated, sampling=csp) > rho)
-    index = [np.clip(np.rint((np.arange(a, b) - c) / s).astype(int), 0, n - 1)
-             for a, b, c, s, n in zip(lo, hi, c_lo, stride, closed.shape)]
+    c_lo, c_hi = _box(seed[None], cap + 2.0 * rho + grid_mm, sp, scan.shape)
+    slab = scan.array[int(c_lo[0]):int(c_hi[0]):int(stride[0]), ::int(stride[1]), ::int(stride[2])]
+    air = slab < air_below
+    labels, _ = ndi.label(air)
+    border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
+    lung = air & ~np.isin(labels, border[border > 0])
+    origin = np.r_[c_lo[0], (c_lo[1:] // stride[1:]) * stride[1:]]  # fine index of coarse voxel 0
+    box = (slice(None),) + tuple(slice(int(a // s), int(-(-b // s))) for a, b, s in zip(origin[1:], c_hi[1:], stride[1:]))
+    air, lung = air[box], lung[box]
+    near = _dist_from(np.rint((seed - origin) / stride).astype(int), lung.shape, csp) <= cap
+    if not (lung & near).any():
+        lung = air
+    dilated = ndi.distance_transform_edt(~lung, sampling=csp) <= rho
+    closed = lung | (ndi.distance_transform_edt(dilated, sampling=csp) > rho)
+    index = [np.clip(np.rint((np.arange(a, b) - o) / s).astype(int), 0, n - 1)
+             for a, b, o, s, n in zip(lo, hi, origin, stride, closed.shape)]
     return closed[np.ix_(*index)]
 
 

@@ -1,0 +1,350 @@
+"""Accuracy evaluation on labelled longitudinal studies (the paper's Table 1 metrics).
+
+For every lesion id in the source scan's label map, the lesion is prompted there (its mask, or a
+click at its interior centre) and tracked to every other scan; each (lesion, target scan) pair is
+scored against the target's label map:
+
+* ``dice``: 2|P∩T| / (|P|+|T|) of the predicted mask P (the lesion's id on the overlap-resolved
+  label map that ``linguine track`` writes) and the true mask T. 0 when the lesion exists but nothing
+  was found (or the point left the field of view), and 0 for anything predicted where the lesion is
+  absent. A correctly empty result on a scan without the lesion has no Dice: it is counted apart
+  (``n_correct_empty``).
+* ``ed_mm``: distance (mm) between the centres of mass of P and T (the paper's ED); undefined when
+  P or T is empty.
+* ``propagation_error_mm``: distance (mm) from the registration-propagated point (before any boost
+  re-prompt) to the true lesion centre, taken as the interior centre of T
+  (:func:`LinGuinELib.tracking.interior_centre`, the point farthest inside the lesion);
+  ``point_in_lesion`` tells whether that point's nearest voxel lies in T. Undefined without T.
+* ``weeks``: signed (target - source) in weeks; ``weeks_elapsed`` is its absolute value.
+
+Summaries (overall and per study) give medians over the defined values, the fraction of pairs with
+the lesion present whose ED is undefined (nothing found), and the least-squares slope of Dice
+against weeks elapsed (Dice per week).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .lesion import Lesion
+from .registration.base import PointMap, Registration
+from .segmentation.base import Segmenter
+from .study import Scan, Study
+from .tracking import OUTSIDE_FOV, LesionPrompt, Tracker, TrackingResult, interior_centre
+
+PAIR_COLUMNS = ("patient_id", "lesion_id", "source_scan", "target_scan", "source_date", "target_date", "weeks",
+                "weeks_elapsed", "prompt", "status", "truth", "outcome", "dice", "ed_mm", "propagation_error_mm",
+                "point_in_lesion", "predicted_volume_ml", "true_volume_ml", "propagated_x", "propagated_y",
+                "propagated_z")
+
+SUMMARY_KEYS = ("median_dice", "median_ed_mm", "n_pairs", "ed_undefined_fraction", "median_propagation_error_mm")
+
+PROMPTS = ("mask", "click")
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def dice(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice of two bool masks; None when both are empty (nothing to score)."""
+    total = int(predicted.sum()) + int(truth.sum())
+    if total == 0:
+        return None
+    return 2.0 * int(np.logical_and(predicted, truth).sum()) / total
+
+
+def centre_of_mass_lps(mask: np.ndarray, scan: Scan) -> np.ndarray | None:
+    """Centre of mass of a bool mask in LPS mm; None if empty."""
+    if not mask.any():
+        return None
+    return scan.kji_to_lps(np.array(ndimage.center_of_mass(mask)).reshape(1, 3))[0]
+
+
+def centre_distance_mm(predicted: np.ndarray, truth: np.ndarray, scan: Scan) -> float | None:
+    """Distance (mm) between the centres of mass of two masks (the paper's ED); None if either is empty."""
+    a, b = centre_of_mass_lps(predicted, scan), centre_of_mass_lps(truth, scan)
+    if a is None or b is None:
+        return None
+    return float(np.linalg.norm(a - b))
+
+
+def propagation_error(point_lps: np.ndarray | None, truth: np.ndarray, scan: Scan) -> tuple[float | None, bool | None]:
+    """(distance mm from the point to the interior centre of ``truth``, point's nearest voxel inside ``truth``).
+    (None, None) without a point or a true lesion; a point outside the scan is never inside."""
+    if point_lps is None or not truth.any():
+        return None, None
+    point = np.asarray(point_lps, dtype=float).reshape(3)
+    error = float(np.linalg.norm(point - interior_centre(truth, scan)))
+    inside = bool(scan.contains_lps(point.reshape(1, 3))[0]) and bool(truth[scan.nearest_voxel(point)])
+    return error, inside
+
+
+# -- tracking with the propagated points recorded ------------------------------------------------
+class _RecordingRegistration(Registration):
+    """Wraps a backend; every point map it hands out logs (source id, target id, mapped points)."""
+
+    def __init__(self, backend: Registration):
+        self.backend = backend
+        self.name = backend.name
+        self.log: list[tuple[str, str, np.ndarray]] = []
+
+    def _wrap(self, point_map: PointMap | None, source_id: str, target_id: str) -> PointMap | None:
+        if point_map is None:
+            return None
+
+        def mapped(points):
+            out = np.asarray(point_map(points), dtype=float)
+            self.log.append((source_id, target_id, out.reshape(-1, 3)))
+            return out
+
+        return mapped
+
+    def register(self, source: Scan, target: Scan) -> PointMap:
+        return self._wrap(self.backend.register(source, target), source.scan_id, target.scan_id)
+
+    def register_both(self, source: Scan, target: Scan):
+        forward, backward = self.backend.register_both(source, target)
+        return (self._wrap(forward, source.scan_id, target.scan_id),
+                self._wrap(backward, target.scan_id, source.scan_id))
+
+
+@dataclass
+class StudyEvaluation:
+    """One study's tracking result, scored pairs and the propagated point per (lesion, target)."""
+
+    result: TrackingResult
+    rows: list[dict]
+    propagated: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    source_id: str = ""
+
+
+def check_labelled(study: Study) -> None:
+    """Every scan needs a label map to be scored."""
+    where = study.source_path or f"study of patient '{study.patient_id}'"
+    missing = [s.scan_id for s in study if s.label is None]
+    if missing:
+        raise InputError(f"{where}: scan(s) {', '.join(missing)} have no label map; evaluation needs a label "
+                         "on every scan (column 'label')")
+
+
+def evaluate_study(study: Study, registration: Registration, segmenter: Segmenter, source: str = "first",
+                   prompt: str = "mask", boost: bool = False, chain: bool = False, radius_mm: float = 10.0,
+                   progress: Callable[[str, int, int], None] | None = None) -> StudyEvaluation:
+    """Prompt every lesion of the source scan's label, track it to every other scan and score each pair."""
+    if prompt not in PROMPTS:
+        raise InputError(f"unknown prompt kind {prompt!r}; choose one of: {', '.join(PROMPTS)}")
+    check_labelled(study)
+    src = study.resolve(source)
+    ids = [int(v) for v in np.unique(src.label) if v > 0]
+    if not ids:
+        raise InputError(f"{study.source_path or study.patient_id}: the label of source scan '{src.scan_id}' "
+                         "holds no lesion")
+    recorder = _RecordingRegistration(registration)
+    tracker = Tracker(study, recorder, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
+    lesions, observations, propagated, seconds = [], {}, {}, 0.0
+    try:
+        for lid in ids:
+            lesion = Lesion(lid)
+            mask = src.label == lid
+            lesion_prompt = (LesionPrompt(lesion, src.scan_id, mask=mask) if prompt == "mask" else
+                             LesionPrompt(lesion, src.scan_id, point_lps=interior_centre(mask, src)))
+            start = len(recorder.log)
+            part = tracker.track([lesion_prompt])
+            seconds += part.stats["seconds"]["total"]
+            lesions.append(lesion)
+            observations[lid] = part.observations[lid]
+            propagated[lid] = {target: points[0] for _, target, points in recorder.log[start:]}
+    finally:
+        for scan in study:  # backends cache per scan id, and ids (t0, t1, ...) repeat across studies
+            for backend in (registration, segmenter):
+                if callable(getattr(backend, "forget", None)):
+                    backend.forget(scan.scan_id)
+    result = TrackingResult(study, lesions, observations,
+                            stats={"registration": registration.name, "segmentation": segmenter.name,
+                                   "registration_calls": tracker.cache.computed,
+                                   "seconds": {"registration": round(tracker.cache.seconds, 3),
+                                               "segmentation": round(tracker.segmentation_seconds, 3),
+                                               "total": round(seconds, 3)}})
+    rows = score_pairs(result, src.scan_id, propagated, prompt)
+    return StudyEvaluation(result, rows, propagated, src.scan_id)
+
+
+def score_pairs(result: TrackingResult, source_id: str, propagated: dict[int, dict[str, np.ndarray]],
+                prompt: str) -> list[dict]:
+    """One row (:data:`PAIR_COLUMNS`) per lesion x target scan of a tracking result on a labelled study."""
+    study = result.study
+    src = study.scan(source_id)
+    rows = []
+    for scan in study:
+        if scan.scan_id == source_id:
+            continue
+        predicted_map = result.label_map(scan.scan_id)
+        for lesion in result.lesions:
+            lid = lesion.lesion_id
+            obs = result.observations[lid][scan.scan_id]
+            predicted, truth = predicted_map == lid, scan.label == lid
+            present = bool(truth.any())
+            point = propagated.get(lid, {}).get(scan.scan_id)
+            error, inside = propagation_error(point, truth, scan)
+            if present:
+                outcome = OUTSIDE_FOV if obs.status == OUTSIDE_FOV else ("found" if predicted.any() else "missed")
+            else:
+                outcome = "false_positive" if predicted.any() else "correct_empty"
+            weeks = (scan.date - src.date).total_seconds() / (7 * 86400)
+            rows.append({
+                "patient_id": study.patient_id, "lesion_id": lid, "source_scan": source_id,
+                "target_scan": scan.scan_id, "source_date": src.date.date().isoformat(),
+                "target_date": scan.date.date().isoformat(), "weeks": weeks, "weeks_elapsed": abs(weeks),
+                "prompt": prompt, "status": obs.status, "truth": "present" if present else "absent",
+                "outcome": outcome, "dice": dice(predicted, truth), "ed_mm": centre_distance_mm(predicted, truth, scan),
+                "propagation_error_mm": error, "point_in_lesion": inside,
+                "predicted_volume_ml": float(predicted.sum()) * scan.voxel_volume_mm3 / 1000.0,
+                "true_volume_ml": float(truth.sum()) * scan.voxel_volume_mm3 / 1000.0,
+                "propagated_x": None if point is None else float(point[0]),
+                "propagated_y": None if point is None else float(point[1]),
+                "propagated_z": None if point is None else float(point[2]),
+            })
+    return rows
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def dice_slope(rows: list[dict]) -> float | None:
+    """Least-squares slope of Dice against weeks elapsed (Dice per week); None without two distinct times."""
+    pts = [(r["weeks_elapsed"], r["dice"]) for r in rows if r["dice"] is not None]
+    if len({w for w, _ in pts}) < 2:
+        return None
+    w, d = np.array(pts, dtype=float).T
+    return float(np.polyfit(w, d, 1)[0])
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Figures for a set of pair rows: the :data:`SUMMARY_KEYS` plus counts, inside fraction and slope.
+    Undefined figures are None."""
+    scored = [r for r in rows if r["dice"] is not None]
+    present = [r for r in rows if r["truth"] == "present"]
+    inside = [r["point_in_lesion"] for r in present if r["point_in_lesion"] is not None]
+    return {
+        "median_dice": _median(r["dice"] for r in scored),
+        "median_ed_mm": _median(r["ed_mm"] for r in rows),
+        "n_pairs": len(scored),
+        "ed_undefined_fraction": (sum(r["ed_mm"] is None for r in present) / len(present)) if present else None,
+        "median_propagation_error_mm": _median(r["propagation_error_mm"] for r in rows),
+        "mean_dice": float(np.mean([r["dice"] for r in scored])) if scored else None,
+        "point_in_lesion_fraction": (sum(inside) / len(inside)) if inside else None,
+        "n_correct_empty": sum(r["outcome"] == "correct_empty" for r in rows),
+        "n_false_positive": sum(r["outcome"] == "false_positive" for r in rows),
+        "dice_slope_per_week": dice_slope(rows),
+    }
+
+
+def summary_json(rows: list[dict], config: dict | None = None) -> dict:
+    """Overall figures, ``per_study`` {patient_id: figures} and the run configuration."""
+    per_study = {}
+    for pid in dict.fromkeys(r["patient_id"] for r in rows):
+        per_study[pid] = summarise([r for r in rows if r["patient_id"] == pid])
+    return {**summarise(rows), "per_study": per_study, "config": dict(config or {})}
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "–" if value is None else format(value * scale, spec)
+
+
+def summary_markdown(summary: dict) -> str:
+    """Table 1-style report: one row per study and one overall, plus the Dice-vs-time slope."""
+    cfg = summary.get("config", {})
+    method = f"{cfg.get('registration', '?')} + {cfg.get('segmentation', '?')}"
+    options = [o for o in ("boost", "chain") if cfg.get(o)]
+    lines = [
+        "# LinGuinE evaluation", "",
+        f"Method: **{method}**{' (' + ', '.join(options) + ')' if options else ''}; "
+        f"prompt: {cfg.get('prompt', '?')} on the {cfg.get('source', '?')} scan; "
+        f"{len(summary['per_study'])} stud{'y' if len(summary['per_study']) == 1 else 'ies'}.", "",
+        "Dice: median over (lesion, target scan) pairs (0 when the lesion was missed). ED: median distance "
+        "between predicted and true centres of mass (mm); *ED undef.*: share of pairs with the lesion present "
+        "where nothing was found. Prop. error: distance from the propagated point to the true lesion's interior "
+        "centre (mm); *in lesion*: share of propagated points that fell inside the true lesion. "
+        "Correctly empty results on scans without the lesion are counted apart.", "",
+        "| Study | Pairs | Dice | ED (mm) | ED undef. | Prop. error (mm) | In lesion | Correct empty | "
+        "Dice slope (/week) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(name: str, s: dict) -> str:
+        return (f"| {name} | {s['n_pairs']} | {_fmt(s['median_dice'], '.3f')} | {_fmt(s['median_ed_mm'], '.2f')} | "
+                f"{_fmt(s['ed_undefined_fraction'], '.1f', 100)}% | {_fmt(s['median_propagation_error_mm'], '.2f')} | "
+                f"{_fmt(s['point_in_lesion_fraction'], '.1f', 100)}% | {s['n_correct_empty']} | "
+                f"{_fmt(s['dice_slope_per_week'], '+.4f')} |")
+
+    lines += [row(pid, s) for pid, s in summary["per_study"].items()]
+    lines.append(row("**All**", summary))
+    slope = summary["dice_slope_per_week"]
+    lines += ["", f"Dice against weeks elapsed: slope {_fmt(slope, '+.4f')} per week "
+              f"({_fmt(None if slope is None else slope * 52, '+.3f')} per year) over {summary['n_pairs']} pairs; "
+              "see dice_vs_weeks.png.", ""]
+    return "\n".join(lines)
+
+
+def plot_dice_vs_weeks(rows: list[dict], path: Path, slope: float | None) -> None:
+    """Scatter of Dice against weeks elapsed, one colour per study, with the least-squares line (PNG, Agg)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .atomic import atomic_path
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    studies = list(dict.fromkeys(r["patient_id"] for r in rows))
+    cmap = matplotlib.colormaps["tab10"]
+    for n, pid in enumerate(studies):
+        pts = [(r["weeks_elapsed"], r["dice"]) for r in rows if r["patient_id"] == pid and r["dice"] is not None]
+        if pts:
+            w, d = np.array(pts).T
+            ax.scatter(w, d, s=22, alpha=0.8, label=pid if len(studies) <= 12 else None,
+                       color=cmap(n % 10))
+    scored = [(r["weeks_elapsed"], r["dice"]) for r in rows if r["dice"] is not None]
+    if slope is not None and scored:
+        w, d = np.array(scored).T
+        intercept = float(np.mean(d) - slope * np.mean(w))
+        xs = np.array([0.0, float(w.max())])
+        ax.plot(xs, intercept + slope * xs, "k--", lw=1.2, label=f"fit: {slope:+.4f} Dice/week")
+    ax.set_xlabel("weeks elapsed between source and target scan")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Dice against time elapsed ({len(scored)} pairs)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def write_evaluation(rows: list[dict], out_dir, config: dict | None = None) -> dict:
+    """Write ``per_lesion.csv``, ``summary.json``, ``summary.md`` and ``dice_vs_weeks.png`` into ``out_dir``
+    (all together, atomically); returns the summary dict."""
+    from .atomic import atomic_write, staged_outputs
+    from .output import write_rows_csv
+
+    summary = summary_json(rows, config)
+    with staged_outputs(out_dir) as stage:
+        write_rows_csv(rows, PAIR_COLUMNS, stage / "per_lesion.csv")
+        with atomic_write(stage / "summary.json") as fh:
+            json.dump(summary, fh, indent=2)
+            fh.write("\n")
+        with atomic_write(stage / "summary.md") as fh:
+            fh.write(summary_markdown(summary))
+        plot_dice_vs_weeks(rows, stage / "dice_vs_weeks.png", summary["dice_slope_per_week"])
+    return summary

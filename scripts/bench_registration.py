@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Benchmark a registration backend on semi-synthetic longitudinal studies with known truth.
+
+Generates (or reuses) studies from every ``<name>_image.nrrd``/``<name>_label.nrrd`` pair in
+``--ct-dir`` for each seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`), then
+registers the first scan to every later one and the last scan to every earlier one. Per pair it prints
+wall seconds, peak RSS of this process during the registration, the propagation error of the lesion
+centre (distance between the mapped source centre and the true target centre, mm) and the error
+without registration; then medians/maxima overall.
+
+    .venv/bin/python scripts/bench_registration.py --out /tmp/linguine-bench [--backend sitk]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from LinGuinELib.backends import make_registration  # noqa: E402
+from LinGuinELib.study import load_study  # noqa: E402
+from LinGuinELib.synthetic import LEVELS, load_truth, make_benchmark_studies, true_centres  # noqa: E402
+
+
+class PeakRSS:
+    """Samples this process's resident set size every 20 ms while active (Linux /proc; else ru_maxrss)."""
+
+    def __init__(self):
+        self.peak = 0
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def pairs(n: int, mode: str) -> list[tuple[int, int]]:
+    forward = [(0, j) for j in range(1, n)]
+    backward = [(n - 1, j) for j in range(n - 2, -1, -1)]
+    return {"ends": [(0, n - 1), (n - 1, 0)], "all": forward + backward}[mode]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ct-dir", default=str(REPO.parent / "shared" / "data" / "ct"))
+    parser.add_argument("--out", default="/tmp/linguine-bench", help="folder for the generated studies (reused)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--scans", type=int, default=4)
+    parser.add_argument("--pairs", choices=["all", "ends"], default="all",
+                        help="all: first->each later and last->each earlier; ends: first<->last only")
+    parser.add_argument("--backend", default="sitk")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend constructor option (value parsed as a Python literal when possible)")
+    args = parser.parse_args(argv)
+
+    import ast
+
+    options = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    studies = make_benchmark_studies(args.ct_dir, args.out, seeds=args.seeds, levels=args.levels, n_scans=args.scans)
+    backend = make_registration(args.backend, **options)
+    rows = []
+    print(f"{'study':22s} {'pair':9s} {'seconds':>8s} {'peak_MB':>8s} {'error_mm':>9s} {'no_reg_mm':>9s}", flush=True)
+    for csv_path in studies:
+        study = load_study(csv_path, with_labels=False)
+        centres = true_centres(load_truth(csv_path))
+        for i, j in pairs(len(study), args.pairs):
+            source, target = study.scans[i], study.scans[j]
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                point_map = backend.register(source, target)
+                seconds = time.perf_counter() - start
+            mapped = point_map(centres[source.scan_id].reshape(1, 3))[0]
+            error = float(np.linalg.norm(mapped - centres[target.scan_id]))
+            baseline = float(np.linalg.norm(centres[source.scan_id] - centres[target.scan_id]))
+            rows.append((seconds, rss.peak / 2**20, error, baseline))
+            print(f"{study.patient_id:22s} {source.scan_id + '->' + target.scan_id:9s} {seconds:8.1f} "
+                  f"{rss.peak / 2**20:8.0f} {error:9.2f} {baseline:9.2f}", flush=True)
+        if hasattr(backend, "forget"):
+            for scan in study:
+                backend.forget(scan.scan_id)
+    arr = np.array(rows)
+    print(f"\n{len(rows)} pairs, load average {os.getloadavg()[0]:.1f}: median {np.median(arr[:, 0]):.1f} s "
+          f"(max {arr[:, 0].max():.1f}), peak RSS median {np.median(arr[:, 1]):.0f} MB (max {arr[:, 1].max():.0f}), "
+          f"error median {np.median(arr[:, 2]):.2f} mm (90th pct {np.percentile(arr[:, 2], 90):.2f}, "
+          f"max {arr[:, 2].max():.2f}), no registration median {np.median(arr[:, 3]):.2f} mm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Accuracy benchmark: ``linguine evaluate`` over semi-synthetic studies made from the real CTs.
+
+For each ``<name>_image.nrrd`` + ``<name>_label.nrrd`` in the CT folder (lung1: small nodule, lung2: large
+tumour), one study per seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`, cached in
+``--work``). Every lesion is prompted on the first scan and again on the last scan and tracked to every
+other scan; the script prints median Dice, median centre distance (ED, mm) and median propagation error
+(mm) per study and overall, and writes each source's ``evaluate`` outputs under ``--work``.
+
+    .venv/bin/python scripts/benchmark_accuracy.py                 # sitk + classic, 2 seeds x 3 levels
+    .venv/bin/python scripts/benchmark_accuracy.py --seeds 0 --levels medium --scans 3   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from LinGuinELib.backends import make_registration, make_segmenter  # noqa: E402
+from LinGuinELib.evaluation import evaluate_study, summarise, write_evaluation  # noqa: E402
+from LinGuinELib.study import load_study_csv  # noqa: E402
+from LinGuinELib.synthetic import LEVELS, make_benchmark_studies  # noqa: E402
+
+
+def _f(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(title: str, groups: dict[str, list[dict]]) -> None:
+    print(f"\n{title}")
+    print(f"{'study':<24} {'pairs':>5} {'Dice':>6} {'ED mm':>7} {'ED undef':>8} {'prop mm':>8} {'inside':>6} "
+          f"{'Dice/wk':>8}")
+    for name, rows in groups.items():
+        s = summarise(rows)
+        undef = None if s["ed_undefined_fraction"] is None else 100 * s["ed_undefined_fraction"]
+        inside = None if s["point_in_lesion_fraction"] is None else 100 * s["point_in_lesion_fraction"]
+        print(f"{name:<24} {s['n_pairs']:>5} {_f(s['median_dice']):>6} {_f(s['median_ed_mm'], '.2f'):>7} "
+              f"{_f(undef, '.0f'):>7}% {_f(s['median_propagation_error_mm'], '.2f'):>8} {_f(inside, '.0f'):>5}% "
+              f"{_f(s['dice_slope_per_week'], '+.4f'):>8}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ct-dir", default=os.environ.get("LINGUINE_CT_DIR", str(REPO.parent / "shared" / "data" / "ct")))
+    p.add_argument("--work", default=str(REPO.parent / "linguine-benchmark"), help="studies and outputs folder")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--scans", type=int, default=4)
+    p.add_argument("--sources", nargs="+", default=["first", "last"])
+    p.add_argument("--prompt", choices=("mask", "click"), default="mask")
+    p.add_argument("--registration", default="sitk")
+    p.add_argument("--segmentation", default="classic")
+    p.add_argument("--boost", action="store_true")
+    args = p.parse_args(argv)
+
+    work = Path(args.work)
+    start = time.perf_counter()
+    csvs = make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
+                                  n_scans=args.scans,
+                                  progress=lambda done, total: print(f"studies ready: {done}/{total}", file=sys.stderr))
+    print(f"{len(csvs)} studies ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    registration, segmenter = make_registration(args.registration), make_segmenter(args.segmentation)
+    all_rows = []
+    for source in args.sources:
+        rows = []
+        for path in csvs:
+            study = load_study_csv(path)
+            t0 = time.perf_counter()
+            ev = evaluate_study(study, registration, segmenter, source=source, prompt=args.prompt, boost=args.boost)
+            rows += ev.rows
+            s = summarise(ev.rows)
+            print(f"[{source}] {study.patient_id}: Dice {_f(s['median_dice'])}, ED {_f(s['median_ed_mm'], '.2f')} mm, "
+                  f"prop {_f(s['median_propagation_error_mm'], '.2f')} mm ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr)
+        config = {"registration": registration.name, "segmentation": segmenter.name, "source": source,
+                  "prompt": args.prompt, "boost": args.boost, "chain": False, "studies": [str(c) for c in csvs]}
+        write_evaluation(rows, work / f"eval-{source}", config)
+        groups = {pid: [r for r in rows if r["patient_id"] == pid] for pid in dict.fromkeys(r["patient_id"] for r in rows)}
+        for name in sorted({pid.split("-")[0] for pid in groups}):
+            if sum(pid.split("-")[0] == name for pid in groups) > 1:
+                groups[f"all {name}"] = [r for r in rows if r["patient_id"].split("-")[0] == name]
+        groups["ALL"] = rows
+        print_table(f"source = {source} scan ({registration.name} + {segmenter.name}, {args.prompt} prompt)", groups)
+        all_rows += rows
+    if len(args.sources) > 1:
+        print_table("both sources", {"ALL": all_rows})
+    print(f"\n{time.perf_counter() - start:.0f} s in all; outputs in {work}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
