@@ -9,7 +9,7 @@ import sys
 from . import __version__
 from .errors import LinGuinEError, TrackingCancelled
 
-COMMANDS = ("track", "evaluate", "demo", "info", "export_seg")
+COMMANDS = ("track", "evaluate", "demo", "info", "export_seg", "synth")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,19 +95,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
-def free_memory(device) -> None:
-    """Collect garbage and hand cached CUDA blocks back to the driver."""
+def free_memory(device=None) -> None:
+    """Collect garbage and hand cached CUDA blocks back to the driver (``device`` is informational)."""
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_initialized():
+    if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
 def _oom_message(exc: BaseException, device, what: str) -> str:
-    kind = getattr(device, "type", str(device))
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if kind == "cuda":
-        return (f"the GPU ({device}) ran out of memory while {what} ({first[:200]}); GPU memory was released. "
+    torch = sys.modules.get("torch")
+    if (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)) or "cuda" in first.lower():
+        gpu = device if getattr(device, "type", "") == "cuda" else "cuda"
+        return (f"the GPU ({gpu}) ran out of memory while {what} ({first[:200]}); GPU memory was released. "
                 "Close other programs using the GPU, or run with --device cpu")
     return (f"the computer ran out of memory while {what} ({first[:200]}); close other programs "
             "or free memory and try again")
@@ -118,10 +119,11 @@ class TorchWorker:
 
     ``submit(fn, *args, what=..., **kwargs)`` returns a :class:`~concurrent.futures.Future`; ``run`` waits for
     the result (and runs inline when already on the worker thread, so nested calls cannot deadlock).
-    Out-of-memory errors are converted to :class:`LinGuinEError` after memory is freed.
+    Out-of-memory errors are converted to :class:`LinGuinEError` after memory is freed. ``device`` only
+    names the device in messages; the backends built for one engine share :func:`shared_worker`.
     """
 
-    def __init__(self, device, name: str = "linguine-torch"):
+    def __init__(self, device=None, name: str = "linguine-torch"):
         self.device = device
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._started)

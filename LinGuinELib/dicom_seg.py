@@ -5,7 +5,7 @@ found there; a lesion keeps its label (``Lesion.name``), TrackingID (``Lesion <i
 (generated once per lesion) on every timepoint. DICOM and highdicom require a binary SEG's segment
 numbers to run 1..N, so segment numbers follow lesion id order among the lesions present: a lesion
 keeps its segment number on every timepoint unless a lesion with a lower id is missing there (the log
-says so). Category/type: SNOMED CT "Morphologically abnormal structure" / "Lesion". Algorithm type
+says so). Category/type: SNOMED CT "Morphologically abnormal structure" / "Neoplasm". Algorithm type
 SEMIAUTOMATIC ("LinGuinE", package version), MANUAL for (lesion, scan) pairs corrected by hand.
 ClinicalTrialTimePointID is the 1-based timepoint index, its description the scan id and date.
 
@@ -35,7 +35,7 @@ from .study import Scan, Study
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map SEG
 CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
-PROPERTY_TYPE = codes.SCT.Lesion
+PROPERTY_TYPE = codes.SCT.Neoplasm  # the same SNOMED CT type the Slicer module sets on segments
 ALGORITHM_NAME = "LinGuinE"
 MAX_IDS_IN_NAME = 6
 

@@ -12,10 +12,11 @@ before anything is installed.
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .backends import REGISTRATIONS, SEGMENTERS
+from .backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
 
 # Slicer's own packages (and torch, which the PyTorch extension installs): pip must never replace them.
 NEVER_INSTALL = ("SimpleITK", "numpy", "vtk", "torch", "torchvision")
@@ -27,6 +28,23 @@ APPROX_INSTALLED_MB = {
     "connected-components-3d": 19, "scikit-image": 54, "tqdm": 1, "scipy": 143, "pydicom": 10,
     "highdicom": 36, "unigradicon": 1740, "icon-registration": 1740, "nninteractive": 500,
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Backends and tracking options of one run (hashable: backends are reused while they match)."""
+
+    registration: str = DEFAULT_REGISTRATION
+    segmentation: str = DEFAULT_SEGMENTATION
+    boost: bool = False
+    chain: bool = False
+    radius_mm: float = 10.0
+    device: str = "auto"
+    weights: str | None = None
+
+    def options(self) -> dict:
+        """Keyword options for the backend constructors (each drops those it does not take)."""
+        return {"device": self.device, "weights": self.weights}
 
 
 def backend_module(kind: str, name: str) -> str:
@@ -104,3 +122,16 @@ def install_summary(missing: list[str], torch_missing: bool) -> tuple[str, int]:
 
 def _size(mb: int) -> str:
     return f"{mb / 1000:.1f} GB" if mb >= 1000 else f"{mb} MB"
+
+
+def models_to_download(manager, settings: Settings) -> list:
+    """Catalogue entries (:class:`~LinGuinELib.models.ModelSpec`) the chosen backends need that are neither
+    in the local weights folder nor fully in ``manager``'s cache (model ids are backend names)."""
+    specs = []
+    for name in dict.fromkeys((settings.registration, settings.segmentation)):
+        if name not in manager.catalogue or manager.locate_local(name, settings.weights) is not None:
+            continue
+        spec, folder = manager.spec(name), manager.model_dir(name)
+        if not all((folder / f.path).is_file() for f in spec.files):
+            specs.append(spec)
+    return specs

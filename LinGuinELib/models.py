@@ -45,7 +45,7 @@ Progress = Callable[[str, int, int], "bool | None"]  # (message, bytes done, byt
 _PACKAGE = Path(__file__).resolve().parent
 CATALOGUE_CANDIDATES = (_PACKAGE / "Resources" / "models.json", _PACKAGE.parent / "Resources" / "models.json")
 SHA_RECORD = ".linguine-sha256.json"
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -409,6 +409,8 @@ def _fetch_once(url, part: Path, have: int, label, progress, approx, timeout) ->
             total = int(length) if length else None
         expected = total or approx or 0
         done = have
+        if progress(label, done, expected) is False:
+            raise TrackingCancelled(f"download of {url} cancelled")
         with open(part, "ab" if have else "wb") as fh:
             for block in iter(lambda: resp.read(_CHUNK), b""):
                 fh.write(block)

@@ -23,8 +23,9 @@ from typing import Callable
 import numpy as np
 
 from . import coords
-from .backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, make_registration, make_segmenter
+from .backends import make_registration, make_segmenter
 from .errors import InputError
+from .install_plan import Settings
 from .lesion import Lesion
 from .measure import measurement_rows
 from .registration.base import RegistrationCache
@@ -37,22 +38,6 @@ BackendFactory = Callable[[str, str, dict], object]  # (kind "registration"|"seg
 
 def default_backend_factory(kind: str, name: str, options: dict):
     return (make_registration if kind == "registration" else make_segmenter)(name, **options)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Backends and tracking options of one run (hashable: backends are reused while they match)."""
-
-    registration: str = DEFAULT_REGISTRATION
-    segmentation: str = DEFAULT_SEGMENTATION
-    boost: bool = False
-    chain: bool = False
-    radius_mm: float = 10.0
-    device: str = "auto"
-    weights: str | None = None
-
-    def options(self) -> dict:
-        return {"device": self.device, "weights": self.weights}
 
 
 @dataclass
@@ -144,11 +129,11 @@ class TrackingSession:
         """Correction clicks (world RAS mm) re-segmenting one lesion on one timepoint only."""
         lesion = self.lesion(lesion_id)
         current = self.observation(lesion_id, scan_id)
-        positive = coords.ras_to_lps(np.atleast_2d(np.asarray(positive_ras, dtype=float)))
-        if positive.size == 0:
+        positive = coords.ras_to_lps(np.asarray(positive_ras, dtype=float).reshape(-1, 3))
+        if len(positive) == 0:
             raise InputError("place at least one positive correction point on the lesion")
-        negative = coords.ras_to_lps(np.atleast_2d(np.asarray(negative_ras, dtype=float))) \
-            if negative_ras is not None and len(negative_ras) else None
+        negative = None if negative_ras is None else coords.ras_to_lps(np.asarray(negative_ras, float).reshape(-1, 3))
+        negative = negative if negative is not None and len(negative) else None
         scratch = TrackingResult(self.study, [lesion], {lesion_id: {scan_id: current}})
         self.cancel_event.clear()
         self._report(f"{lesion.name}: correcting {scan_id}", 0, 1)
@@ -160,6 +145,18 @@ class TrackingSession:
         if not obs.found:
             raise InputError(f"{self.lesions[lesion_id].name} has no segment on '{scan_id}' to re-track from")
         return self.track_job([LesionPrompt(self.lesions[lesion_id], scan_id, mask=obs.mask.copy())], settings)
+
+    def download_job(self, specs: list, weights: str | None, manager_factory) -> Callable[[], list]:
+        """Download model weights (after the user accepted their licenses) with cancellable progress;
+        ``manager_factory(progress=..., acknowledge=...)`` builds a :class:`~LinGuinELib.models.ModelManager`."""
+        self.cancel_event.clear()
+
+        def progress(message: str, done: int, total: int) -> bool:
+            self._report(message, done, total)
+            return not self.cancel_event.is_set()
+
+        manager = manager_factory(progress=progress, acknowledge=lambda spec: True)
+        return lambda: [manager.ensure(spec.id, weights) for spec in specs]
 
     def _tracker(self, settings: Settings) -> Tracker:
         """A tracker with cached backends (built on first use, on the calling worker thread)."""
@@ -193,6 +190,21 @@ class TrackingSession:
         self.cancel_event.set()
 
     # -- applying results (main thread) ---------------------------------------------------------
+    def checkpoint(self) -> tuple:
+        """A copy of the lesion/observation/edit state, for :meth:`rollback` if applying a result fails."""
+        return (dict(self.lesions), {lid: dict(obs) for lid, obs in self.observations.items()}, dict(self.edits),
+                {lid: {sid: o.status for sid, o in obs.items()} for lid, obs in self.observations.items()},
+                {lid: l.name for lid, l in self.lesions.items()})
+
+    def rollback(self, state: tuple) -> None:
+        lesions, observations, edits, statuses, names = state
+        self.lesions, self.observations, self.edits = lesions, observations, edits
+        for lid, per_scan in statuses.items():
+            for sid, status in per_scan.items():
+                observations[lid][sid].status = status
+        for lid, name in names.items():
+            lesions[lid].name = name
+
     def protected(self, lesion_ids, keep_scan: str | None = None) -> list[tuple[int, str]]:
         """Edited (lesion, scan) pairs a run on ``lesion_ids`` would overwrite (``keep_scan`` excluded)."""
         ids = set(lesion_ids)
@@ -224,14 +236,15 @@ class TrackingSession:
         self.edits[(obs.lesion_id, obs.scan_id)] = EDIT_CLICKS
 
     def set_edited_mask(self, lesion_id: int, scan_id: str, mask) -> bool:
-        """Record a mask the user edited by hand (e.g. in the Segment Editor); False if unchanged."""
+        """Record a mask the user edited by hand (e.g. in the Segment Editor); False if it equals what the
+        session shows for that lesion there (its overlap-resolved mask, as written to the scene)."""
         previous = self.observation(lesion_id, scan_id)
         scan = self.study.scan(scan_id)
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != scan.shape:
             raise InputError(f"edited segment of {self.lesions[lesion_id].name} on '{scan_id}' has grid {mask.shape}, "
                              f"expected {scan.shape}")
-        if _same_mask(previous.mask, mask):
+        if _same_mask(self.label_map(scan_id) == lesion_id, mask):
             return False
         found = bool(mask.any())
         status = (SOURCE if previous.status == SOURCE else FOUND) if found else NOT_FOUND

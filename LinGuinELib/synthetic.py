@@ -7,7 +7,8 @@ anatomy (the resampling direction). It is built from
     G_t(D_t(R_t(x)))
 
 * ``R_t``: rigid patient motion (``Euler3DTransform`` about the image centre);
-* ``D_t``: smooth deformation (cubic ``BSplineTransform``, ~60 mm control spacing);
+* ``D_t``: smooth deformation (a random cubic ``BSplineTransform`` with ~60 mm control spacing,
+  sampled on an 8 mm grid);
 * ``G_t``: lesion growth/shrinkage by a diameter factor ``s`` about each lesion's interior centre ``c``
   (a ``DisplacementFieldTransform`` on a local grid): a follow-up point at distance ``rho`` from ``c``
   samples the baseline at distance ``rho * s**-h`` where ``h`` falls smoothly (in log-radius) from 1
@@ -58,6 +59,7 @@ LEVELS = {
 }
 
 BSPLINE_SPACING_MM = 60.0
+DEFORM_GRID_MM = 8.0
 FIELD_SPACING_MM = 2.5
 HU_RANGE = (-1024, 3071)
 
@@ -85,30 +87,30 @@ def _rigid(rng, level: Difficulty, centre) -> sitk.Euler3DTransform:
     return sitk.Euler3DTransform(tuple(centre), *angles, tuple(shift))
 
 
-def _bspline(rng, level: Difficulty, reference: sitk.Image, pad_mm: float = 40.0) -> tuple[sitk.BSplineTransform, float]:
-    """Random cubic B-spline over the image box padded by ``pad_mm``, scaled so its largest
-    displacement (sampled on a 10 mm grid) is ``U(0.6, 1) * deform_mm``; returns (transform, that peak)."""
+def _smooth_deformation(rng, level: Difficulty, reference: sitk.Image,
+                        pad_mm: float = 40.0) -> tuple[sitk.DisplacementFieldTransform, float]:
+    """Random cubic B-spline (``BSPLINE_SPACING_MM`` control spacing) over the image box padded by
+    ``pad_mm``, sampled every ``DEFORM_GRID_MM`` and scaled so its largest displacement is
+    ``U(0.6, 1) * deform_mm``; returns (the sampled field as a transform, that peak in mm)."""
     size = np.array(reference.GetSize())
     spacing = np.array(reference.GetSpacing())
     direction = np.array(reference.GetDirection()).reshape(3, 3)
     extent = (size - 1) * spacing + 2 * pad_mm
     origin = np.array(reference.GetOrigin()) - direction @ np.full(3, pad_mm)
-    mesh = np.maximum(1, np.round(extent / BSPLINE_SPACING_MM)).astype(int)
-    tx = sitk.BSplineTransform(3, 3)
-    tx.SetTransformDomainOrigin(tuple(origin))
-    tx.SetTransformDomainPhysicalDimensions(tuple(extent))
-    tx.SetTransformDomainMeshSize([int(m) for m in mesh])
-    tx.SetTransformDomainDirection(tuple(direction.ravel()))
-    coeffs = rng.normal(size=tx.GetNumberOfParameters())
-    tx.SetParameters(tuple(coeffs))
-    probe_spacing = 10.0
-    probe_size = [int(e // probe_spacing) + 1 for e in extent]
-    field = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, probe_size, tuple(origin),
-                                              (probe_spacing,) * 3, tuple(direction.ravel()))
-    peak = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).max()
-    target = rng.uniform(0.6, 1.0) * level.deform_mm
-    tx.SetParameters(tuple(coeffs * target / peak))
-    return tx, float(target)
+    bspline = sitk.BSplineTransform(3, 3)
+    bspline.SetTransformDomainOrigin(tuple(origin))
+    bspline.SetTransformDomainPhysicalDimensions(tuple(extent))
+    bspline.SetTransformDomainMeshSize([int(m) for m in np.maximum(1, np.round(extent / BSPLINE_SPACING_MM))])
+    bspline.SetTransformDomainDirection(tuple(direction.ravel()))
+    bspline.SetParameters(tuple(rng.normal(size=bspline.GetNumberOfParameters())))
+    grid = [int(e // DEFORM_GRID_MM) + 1 for e in extent]
+    field = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, grid, tuple(origin),
+                                              (DEFORM_GRID_MM,) * 3, tuple(direction.ravel()))
+    values = sitk.GetArrayFromImage(field)
+    peak = rng.uniform(0.6, 1.0) * level.deform_mm
+    scaled = sitk.GetImageFromArray(values * (peak / np.linalg.norm(values, axis=-1).max()), isVector=True)
+    scaled.CopyInformation(field)
+    return sitk.DisplacementFieldTransform(scaled), float(peak)
 
 
 def _growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
@@ -296,7 +298,7 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
                                              "centroid_lps": v["centroid_lps"].tolist()} for k, v in lesions.items()}
             else:
                 rigid = _rigid(rng, level, centre)
-                deform, deform_peak = _bspline(rng, level, image)
+                deform, deform_peak = _smooth_deformation(rng, level, image)
                 progress = t / (n_scans - 1)
                 growth = {k: float(s ** (progress * rng.uniform(0.8, 1.2) if t < n_scans - 1 else 1.0))
                           for k, s in final_growth.items()}

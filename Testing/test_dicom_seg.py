@@ -72,7 +72,7 @@ def test_seg_content_and_tracking_identity(tracked):
         assert first.SegmentAlgorithmType == "SEMIAUTOMATIC" and first.SegmentAlgorithmName == "LinGuinE"
         assert first.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == __version__
         assert first.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"  # SNOMED CT
-        assert first.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+        assert first.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
     assert segs[0].segment_numbers == [1]
     node = segs[1].get_segment_description(2)
     assert (node.SegmentLabel, node.TrackingID, node.TrackingUID) == ("Node", "Lesion 2", lesions[1].tracking_uid)

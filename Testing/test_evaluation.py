@@ -56,10 +56,11 @@ def _rows_by_pair(rows):
     return {(r["lesion_id"], r["target_scan"]): r for r in rows}
 
 
-@pytest.mark.parametrize("prompt", ["mask", "click"])
-def test_exact_registration_scores_perfectly_and_counts_disappearance_apart(scan_factory, prompt):
+@pytest.mark.parametrize("prompt, chain", [("mask", False), ("click", False), ("mask", True)])
+def test_exact_registration_scores_perfectly_and_counts_disappearance_apart(scan_factory, prompt, chain):
     study = Study("P1", _scans(scan_factory))
-    ev = evaluate_study(study, ShiftRegistration(OFFSETS), ThresholdSegmenter(), source="first", prompt=prompt)
+    ev = evaluate_study(study, ShiftRegistration(OFFSETS), ThresholdSegmenter(), source="first", prompt=prompt,
+                        chain=chain)
     pairs = _rows_by_pair(ev.rows)
     assert set(pairs) == {(1, "t1"), (1, "t2"), (2, "t1"), (2, "t2")}
     for key in [(1, "t1"), (1, "t2"), (2, "t1")]:

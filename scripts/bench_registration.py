@@ -8,7 +8,7 @@ wall seconds, peak RSS of this process during the registration, the propagation 
 centre (distance between the mapped source centre and the true target centre, mm) and the error
 without registration; then medians/maxima overall.
 
-    .venv/bin/python scripts/bench_registration.py --out /tmp/linguine-bench [--backend sitk]
+    .venv/bin/python scripts/bench_registration.py --out /tmp/linguine-bench-registration [--backend sitk]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def pairs(n: int, mode: str) -> list[tuple[int, int]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ct-dir", default=str(REPO.parent / "shared" / "data" / "ct"))
-    parser.add_argument("--out", default="/tmp/linguine-bench", help="folder for the generated studies (reused)")
+    parser.add_argument("--out", default="/tmp/linguine-bench-registration", help="folder for the generated studies (reused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--scans", type=int, default=4)

@@ -25,7 +25,7 @@ DIFFICULTY = "medium"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="linguine-demo", help="output folder (default: linguine-demo)")
-    parser.add_argument("--scans", type=int, choices=(3, 4), default=3, help="timepoints in the study (default 3)")
+    parser.add_argument("--scans", type=int, choices=(3, 4), default=4, help="timepoints in the study (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic follow-ups (default 0)")
     add_backend_arguments(parser)
 

@@ -118,8 +118,9 @@ def _coarse(scan: Scan, spacing_mm: float) -> sitk.Image:
     """The scan block-averaged and resampled to an isotropic grid, clamped to [-1000, 1000] HU."""
     shrink = [max(1, int(spacing_mm // s)) for s in scan.spacing]
     image = sitk.BinShrink(sitk.Clamp(scan.to_sitk(), sitk.sitkFloat32, -1000.0, 1000.0), shrink)
-    size = [max(8, int(round(n * s / spacing_mm))) for n, s in zip(image.GetSize(), scan.spacing)]
-    spacing = [n * s / m for n, s, m in zip(image.GetSize(), scan.spacing, size)]
+    extent = np.asarray(scan.shape[::-1], float) * scan.spacing  # box size in mm, (i, j, k)
+    size = [max(8, int(round(e / spacing_mm))) for e in extent]
+    spacing = [float(e / m) for e, m in zip(extent, size)]
     origin = scan.kji_to_lps(((np.asarray(spacing) / scan.spacing) * 0.5 - 0.5)[::-1].reshape(1, 3))[0]
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), spacing,
                          tuple(scan.direction.ravel()), AIR_HU, sitk.sitkFloat32)
@@ -135,9 +136,10 @@ def _body_centroid(image: sitk.Image) -> np.ndarray:
 
 
 def rigid_prealign(source: Scan, target: Scan, spacing_mm: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rigid transform (R, t) with ``p_target = R p_source + t``: body centroids matched in x/y, an exhaustive
-    search of the head-feet shift over every overlap of at least half the longer scan, then Euler 3-D
-    Mattes-MI refinement at 8 and 4 mm."""
+    """Rigid transform (R, t) with ``p_target = R p_source + t``, from ``spacing_mm`` isotropic copies: body
+    centroids matched in x/y, an exhaustive search of the head-feet (LPS z) shift in steps of twice
+    ``spacing_mm`` up to half the longer scan's length either side of box-centre alignment, then Euler 3-D
+    Mattes-MI refinement at 2x and 1x ``spacing_mm``."""
     fixed, moving = _coarse(source, spacing_mm), _coarse(target, spacing_mm)
     cf, cm = _body_centroid(fixed), _body_centroid(moving)
 

@@ -24,6 +24,7 @@ import contextlib
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ..errors import InputError, LinGuinEError
 from ..study import Scan
@@ -31,6 +32,7 @@ from .base import PointMap, Registration, as_points
 
 _OUTSIDE = -5000.0  # sentinel for "no target data here" (below any windowed intensity)
 _BODY_HU = -500.0
+MIN_SHARED_BODY = 0.2  # fraction of the source body the aligned target must cover
 
 
 class TransformPointMap:
@@ -90,10 +92,15 @@ class SitkRegistration(Registration):
 
     @staticmethod
     def _body(image: sitk.Image) -> sitk.Image:
-        """Largest connected region above -500 HU, closed: the patient's body (uint8)."""
-        mask = sitk.ConnectedComponent(image > _BODY_HU)
-        mask = sitk.RelabelComponent(mask, sortByObjectSize=True) == 1
-        return sitk.BinaryMorphologicalClosing(mask, [2, 2, 1])
+        """The patient's body (uint8): largest connected region above -500 HU with each axial slice's
+        holes (the lungs) filled."""
+        largest = sitk.RelabelComponent(sitk.ConnectedComponent(image > _BODY_HU), sortByObjectSize=True) == 1
+        in_plane = np.zeros((3, 3, 3), dtype=bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        filled = ndimage.binary_fill_holes(sitk.GetArrayViewFromImage(largest), structure=in_plane)
+        body = sitk.GetImageFromArray(filled.astype(np.uint8))
+        body.CopyInformation(image)
+        return body
 
     # ---- linear stages ---------------------------------------------------------------------------
     def _method(self, fixed_mask: sitk.Image) -> sitk.ImageRegistrationMethod:
@@ -105,8 +112,9 @@ class SitkRegistration(Registration):
         reg.SetInterpolator(sitk.sitkLinear)
         return reg
 
-    def _initial(self, fixed, moving, fixed_body, moving_body) -> sitk.TranslationTransform:
-        """Best translation among scanner coordinates and body centre-of-mass alignments."""
+    def _initial(self, fixed, moving, fixed_body, moving_body) -> tuple[sitk.TranslationTransform, np.ndarray]:
+        """Best translation among scanner coordinates and body centre-of-mass alignments, and the
+        source body's centre (LPS mm)."""
         stats = sitk.LabelShapeStatisticsImageFilter()
         stats.Execute(fixed_body)
         c_fixed = np.array(stats.GetCentroid(1))
@@ -114,18 +122,18 @@ class SitkRegistration(Registration):
         shift = np.array(stats.GetCentroid(1)) - c_fixed
         candidates = [np.zeros(3), shift, np.array([shift[0], shift[1], 0.0])]
         reg = self._method(fixed_body)
-        best, best_value = None, np.inf
+        scored = []
         for t in candidates:
             tx = sitk.TranslationTransform(3, tuple(t))
             reg.SetInitialTransform(tx)
             try:
-                value = reg.MetricEvaluate(fixed, moving)
+                scored.append((reg.MetricEvaluate(fixed, moving), reg.GetMetricNumberOfValidPoints(), tx))
             except RuntimeError:  # too few samples inside the target: a useless candidate
                 continue
-            if value < best_value:
-                best, best_value = tx, value
-        if best is None:
+        if not scored:
             raise LinGuinEError("no initial alignment puts the two bodies over each other")
+        most = max(valid for _, valid, _ in scored)
+        _, _, best = min((item for item in scored if item[1] >= 0.3 * most), key=lambda item: item[0])
         return best, c_fixed
 
     def _linear(self, fixed, moving, fixed_body, moving_body) -> sitk.AffineTransform:
@@ -151,22 +159,23 @@ class SitkRegistration(Registration):
         return affine
 
     # ---- deformable stage ------------------------------------------------------------------------
-    def _demons(self, source: Scan, target: Scan, affine: sitk.Transform) -> sitk.Image | None:
-        """Demons displacement field on the finest source level (fixed grid), or None if disabled."""
-        if self.deformable == "none":
-            return None
+    @staticmethod
+    def _aligned(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform) -> tuple[sitk.Image, np.ndarray]:
+        """``moving`` resampled onto ``fixed`` through ``affine``, with voxels the target does not cover
+        filled from ``fixed`` itself (so they exert no demons force), and the mask of those voxels."""
+        resampled = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, affine, sitk.sitkLinear, _OUTSIDE))
+        outside = resampled <= _OUTSIDE / 2
+        resampled[outside] = sitk.GetArrayViewFromImage(fixed)[outside]
+        image = sitk.GetImageFromArray(resampled)
+        image.CopyInformation(fixed)
+        return image, outside
+
+    def _demons(self, source: Scan, target: Scan, affine: sitk.Transform) -> sitk.Image:
+        """Multi-level demons displacement field on the finest source level's grid (fixed = source)."""
         field = None
         for spacing, iterations in zip(self.spacing_mm, self.iterations):
             fixed = self._level(source, spacing)
-            moving = sitk.Resample(self._level(target, spacing), fixed, affine, sitk.sitkLinear, _OUTSIDE)
-            fixed_arr = sitk.GetArrayViewFromImage(fixed)
-            moving_arr = sitk.GetArrayFromImage(moving)
-            outside = moving_arr <= _OUTSIDE / 2
-            moving_arr[outside] = fixed_arr[outside]  # no target data: no force
-            if outside.mean() > 0.9:
-                raise LinGuinEError("the scans barely overlap after linear alignment")
-            moving = sitk.GetImageFromArray(moving_arr)
-            moving.CopyInformation(fixed)
+            moving, _ = self._aligned(fixed, self._level(target, spacing), affine)
             if field is None:
                 field = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
                 field.CopyInformation(fixed)
@@ -177,6 +186,8 @@ class SitkRegistration(Registration):
             demons.SetNumberOfIterations(iterations)
             demons.SetStandardDeviations([self.smoothing_mm / s for s in fixed.GetSpacing()])
             field = demons.Execute(fixed, moving, field)
+        if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
+            raise LinGuinEError("the demons displacement field diverged")
         return field
 
     # ---- API ------------------------------------------------------------------------------------
@@ -187,7 +198,11 @@ class SitkRegistration(Registration):
                 fixed, moving = self._level(source, self.spacing_mm[0]), self._level(target, self.spacing_mm[0])
                 fixed_body, moving_body = self._body(fixed), self._body(moving)
                 affine = self._linear(fixed, moving, fixed_body, moving_body)
-                field = self._demons(source, target, affine)
+                _, outside = self._aligned(fixed, moving, affine)
+                shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
+                if shared < MIN_SHARED_BODY:
+                    raise LinGuinEError(f"after alignment only {shared:.0%} of the source body lies inside the target")
+                field = None if self.deformable == "none" else self._demons(source, target, affine)
         except (RuntimeError, LinGuinEError) as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise LinGuinEError(f"sitk registration of scan '{source.scan_id}' to scan '{target.scan_id}' "

@@ -56,7 +56,7 @@ class ClassicSegmenter(Segmenter):
         window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
         if window is None:
             return out
-        cap = min(1.5 * radius + 2.0, self.max_radius_mm)
+        cap = min(2.0 * radius + 2.0, self.max_radius_mm)
         fg = np.vstack([seed, seeds[1:]])  # the first point is replaced by its relocated seed
         lo, hi = _box(fg, cap + 1.0, sp, crop.shape)
         crop, fg = crop[_sl(lo, hi)], fg - lo
@@ -66,6 +66,8 @@ class ClassicSegmenter(Segmenter):
             if envelope[tuple(fg[0])]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
                 candidate &= envelope
         candidate[tuple(fg.T)] = True
+        candidate &= _star_hull(candidate, fg[0], sp, cap)
+        candidate = _slice_cone(candidate, fg[0], sp)
         negs = negative - lo_box - lo
         negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
         if len(negs):
@@ -205,6 +207,50 @@ def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.
     return closed[np.ix_(*index)]
 
 
+def _star_hull(candidate, seed, sp, cap, n_polar=24, n_azim=48, step=0.5, grow=1.2, margin=2.0):
+    """Voxels within reach of ``seed`` along their direction: a star-shaped bound on the lesion.
+
+    Rays on a (polar, azimuth) grid (7.5 degree bins) measure how far the candidate reaches from the
+    seed before a 1 mm gap; each bin's reach is the largest among its neighbours, x ``grow`` +
+    ``margin`` mm. A leak that the seed only reaches around a corner (a vessel, a structure
+    touching the lesion beyond lung) falls outside.
+    """
+    polar = (np.arange(n_polar) + 0.5) * np.pi / n_polar
+    azim = (np.arange(n_azim) + 0.5) * 2 * np.pi / n_azim
+    p, a = np.meshgrid(polar, azim, indexing="ij")
+    dirs = np.stack([np.cos(p), np.sin(p) * np.sin(a), np.sin(p) * np.cos(a)], -1).reshape(-1, 3)
+    t = np.arange(0.0, cap + step, step)
+    pts = seed[None, None, :] + dirs[:, None, :] * t[None, :, None] / sp
+    inside = ndi.map_coordinates(candidate.astype(np.float32), pts.reshape(-1, 3).T, order=1, mode="constant")
+    run = max(int(round(1.0 / step)), 1)
+    gap = ndi.minimum_filter1d((inside.reshape(len(dirs), len(t)) < 0.5).astype(np.uint8), run, axis=1,
+                               origin=-(run // 2)).astype(bool)
+    reach = np.where(gap.any(1), t[gap.argmax(1)], cap).reshape(n_polar, n_azim)
+    reach = ndi.maximum_filter(reach, size=3, mode=("nearest", "wrap")) * grow + margin
+    grids = np.ogrid[tuple(slice(0, n) for n in candidate.shape)]
+    dk, dj, di = [(g - c) * s for g, c, s in zip(grids, seed, sp)]
+    dist = np.sqrt(dk ** 2 + dj ** 2 + di ** 2)
+    pb = np.minimum((np.arccos(np.clip(dk / np.maximum(dist, 1e-9), -1, 1)) / np.pi * n_polar).astype(int), n_polar - 1)
+    ab = ((np.arctan2(dj, di) % (2 * np.pi)) / (2 * np.pi) * n_azim).astype(int) % n_azim
+    return dist <= reach[pb, ab]
+
+
+def _slice_cone(candidate, seed, sp):
+    """Candidate limited slice by slice, outward from the seed's slice: a slice keeps only what lies
+    within one slice spacing (in-plane, mm) of what the slice before it kept (a 45 degree slope)."""
+    out = np.zeros_like(candidate)
+    k0 = int(seed[0])
+    out[k0] = candidate[k0]
+    for ks in (range(k0 + 1, candidate.shape[0]), range(k0 - 1, -1, -1)):
+        prev = out[k0]
+        for k in ks:
+            if not prev.any():
+                break
+            near = ndi.distance_transform_edt(~prev, sampling=sp[1:]) <= sp[0]
+            out[k] = prev = candidate[k] & near
+    return out
+
+
 def _split_off(candidate, fg, bg, sp):
     """Candidate voxels that marker watershed (on -distance to the candidate's edge) gives to ``fg``."""
     markers = np.zeros(candidate.shape, dtype=np.int32)
@@ -217,7 +263,7 @@ def _split_off(candidate, fg, bg, sp):
 def _keep_seeded(candidate, seeds, radius, sp):
     """Open (cut bridges thinner than ~0.5 x radius, 2-6 mm), keep the components under the seeds,
     regrow them within the candidate by the opening radius, fill holes."""
-    r_open = float(np.clip(0.25 * radius, 1.0, 3.0))
+    r_open = float(np.clip(0.25 * radius, 1.0, 8.0))
     inner = ndi.distance_transform_edt(candidate, sampling=sp) > r_open
     opened = ndi.distance_transform_edt(~inner, sampling=sp) <= r_open
     labels, _ = ndi.label(opened)
