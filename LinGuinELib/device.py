@@ -21,10 +21,10 @@ from typing import Callable
 
 from .errors import InputError, LinGuinEError
 
-# Measured on 2 CPU cores (see README, scripts/bench_gpu.py): seconds per uniGradICON registration at 175^3
-# (both directions) and per nnInteractive point prompt.
+# Measured with scripts/bench_gpu.py on 2 shared CPU cores: seconds per uniGradICON registration at 175^3
+# (both directions from one pass) and per nnInteractive point prompt (one 192^3 ResEnc-L pass).
 CPU_SECONDS_PER_REGISTRATION = 100.0
-CPU_SECONDS_PER_PROMPT = 15.0
+CPU_SECONDS_PER_PROMPT = 140.0
 _MEASURED_CORES = 2
 
 _warned_cpu = False
@@ -47,7 +47,7 @@ def cpu_estimate() -> str:
     reg = CPU_SECONDS_PER_REGISTRATION * scale
     prompt = CPU_SECONDS_PER_PROMPT * scale
     return (f"about {reg:.0f} s per registration pair and {prompt:.0f} s per segmentation prompt, so a 5-scan "
-            f"study takes about {(4 * reg + 8 * prompt) / 60:.0f} min (a GPU needs under 10 s)")
+            f"study takes about {(4 * reg + 8 * prompt) / 60:.0f} min; use a CUDA GPU for interactive speed")
 
 
 def resolve_device(spec: str | None = "auto", warn: Callable[[str], None] | None = None):

@@ -19,8 +19,10 @@ For speed that composite is sampled once on a 2.5 mm grid covering the follow-up
 ``T_t`` *is* the resulting ``DisplacementFieldTransform`` (trilinear): the image (linear) and label map
 (nearest) are resampled through exactly this transform, and the truth is computed from it. Then CT noise
 is added and a few slices are cropped at either end (outputs keep the CT's native resolution).
-``truth.json`` records the parameters and, per scan and lesion, the true centre: the preimage
-``T_t^-1(c)`` of the baseline centre (Newton's method, residual < 1e-4 mm).
+``truth.json`` records the parameters and, per scan and lesion (LPS mm): ``centre_lps``, the true
+lesion centre, i.e. the preimage ``T_t^-1(c)`` of the baseline centre (Newton's method, residual
+< 1e-4 mm); ``centroid_lps``, the preimage of the baseline label's centroid; ``label_centroid_lps``,
+the centroid of the written label map (a check on the other two); growth factor and volume.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .atomic import atomic_path, atomic_write, staged_outputs
-from .errors import InputError
+from .errors import InputError, LinGuinEError
 from .study import Scan, check_3d, check_same_geometry, integer_labels, read_image
 
 
@@ -151,7 +153,7 @@ def invert_point(transform: sitk.Transform, target, start, tol_mm: float = 1e-4)
         jac = np.column_stack([(np.array(transform.TransformPoint(tuple(x + h * e)))
                                 - np.array(transform.TransformPoint(tuple(x - h * e)))) / (2 * h) for e in np.eye(3)])
         x = x - np.linalg.solve(jac, residual)
-    raise InputError(f"cannot invert the synthetic transform at {np.round(target, 2).tolist()} (residual "
+    raise LinGuinEError(f"cannot invert the synthetic transform at {np.round(target, 2).tolist()} (residual "
                      f"{np.linalg.norm(residual):.3g} mm)")
 
 
@@ -254,18 +256,41 @@ def _label_centroid(label: np.ndarray, lesion_id: int, scan_like: sitk.Image) ->
     return list(scan_like.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in kji[::-1])))
 
 
+def _follow_up(rng, level: Difficulty, image, label, lesions: dict, growth: dict, body_ij, lesion_k) -> tuple:
+    """One follow-up: (image float32, label map, crop (bottom, top), truth entries)."""
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    rigid = _rigid(rng, level, centre)
+    deform, deform_peak = _smooth_deformation(rng, level, image)
+    grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
+             for k, s in growth.items()]
+    composite = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
+    crop = _crop(rng, level, composite, image, body_ij, lesion_k)
+    reference = _sub_reference(image, (crop[0], image.GetSize()[2] - crop[1]))
+    transform = _sampled(composite, reference)
+    out_image = sitk.Resample(image, reference, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    inverse_rigid = rigid.GetInverse()
+    truth = {str(k): {"growth": growth[k],
+                      **{key: invert_point(transform, v[key], inverse_rigid.TransformPoint(tuple(v[key]))).tolist()
+                         for key in ("centre_lps", "centroid_lps")}} for k, v in lesions.items()}
+    reach = [(truth[str(k)]["centre_lps"], max(growth[k], 1.0) * v["extent_mm"]) for k, v in lesions.items()]
+    out_label = _resample_label(label, reference, transform, reach)
+    extra = {"rigid": {"centre_lps": list(centre), "angles_deg": np.rad2deg(rigid.GetParameters()[:3]).tolist(),
+                       "translation_mm": list(rigid.GetTranslation())},
+             "deformation_max_mm": deform_peak}
+    return out_image, out_label, crop, truth, extra
+
+
 def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0, difficulty: str = "medium",
-               patient_id: str | None = None, start_date: dt.date | None = None) -> Path:
+               patient_id: str | None = None) -> Path:
     """Write a ``n_scans``-scan study (``study.csv``, ``truth.json``, ``<scan>_image/label.nii.gz``)
     into ``out_dir`` and return the path of ``study.csv``. Deterministic for a given seed."""
     if difficulty not in LEVELS:
         raise InputError(f"unknown difficulty {difficulty!r}; choose one of: {', '.join(LEVELS)}")
     if n_scans < 2:
-        raise InputError(f"a study needs at least 2 scans, got --scans {n_scans}")
+        raise InputError(f"a study needs at least 2 scans, got {n_scans}")
     level = LEVELS[difficulty]
     image_path, label_path = Path(image_path), Path(label_path)
-    image = read_image(image_path)
-    label = read_image(label_path)
+    image, label = read_image(image_path), read_image(label_path)
     check_3d(image, str(image_path))
     check_3d(label, str(label_path))
     check_same_geometry(image, label, str(label_path), str(image_path))
@@ -274,54 +299,31 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
         raise InputError(f"{label_path}: the label map holds no lesion")
     image = sitk.Cast(image, sitk.sitkInt16)
     label = sitk.Cast(label, sitk.sitkUInt16 if label_array.max() > 255 else sitk.sitkUInt8)
-    baseline = Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label, source_path=str(image_path))
-    lesions = _lesion_geometry(baseline)
-    lesion_k = np.nonzero(label_array.any(axis=(1, 2)))[0]
+    lesions = _lesion_geometry(Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label))
+    lesion_k = tuple(int(k) for k in np.nonzero(label_array.any(axis=(1, 2)))[0][[0, -1]])
     body = np.argwhere(sitk.GetArrayViewFromImage(image)[::2, ::4, ::4] > -400)[:, 1:] * 4
     body_ij = ((body[:, 1].min(), body[:, 1].max()), (body[:, 0].min(), body[:, 0].max()))
     rng = np.random.default_rng([seed, sum(map(ord, difficulty)), sum(map(ord, image_path.name))])
     patient_id = patient_id or f"{image_path.name.split('.')[0]}-{difficulty}-s{seed}"
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    date = dt.datetime.combine(start_date or dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365))),
-                               dt.time())
+    date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365)))
     final_growth = {k: float(np.exp(rng.uniform(*np.log(level.growth)))) for k in lesions}
 
     rows, scans_truth = [], []
     with staged_outputs(out_dir) as stage:
         for t in range(n_scans):
             scan_id = f"t{t}"
-            entry = {"scan_id": scan_id, "date": date.date().isoformat(), "image": f"{scan_id}_image.nii.gz",
+            entry = {"scan_id": scan_id, "date": date.isoformat(), "image": f"{scan_id}_image.nii.gz",
                      "label": f"{scan_id}_label.nii.gz"}
             if t == 0:
                 out_image, out_label, crop = image, label, (0, 0)
                 entry["lesions"] = {str(k): {"growth": 1.0, "centre_lps": v["centre_lps"].tolist(),
                                              "centroid_lps": v["centroid_lps"].tolist()} for k, v in lesions.items()}
-            else:
-                rigid = _rigid(rng, level, centre)
-                deform, deform_peak = _smooth_deformation(rng, level, image)
-                progress = t / (n_scans - 1)
-                growth = {k: float(s ** (progress * rng.uniform(0.8, 1.2) if t < n_scans - 1 else 1.0))
+            else:  # growth follows a jittered geometric path to its final factor
+                growth = {k: float(s ** (t / (n_scans - 1) * (rng.uniform(0.8, 1.2) if t < n_scans - 1 else 1.0)))
                           for k, s in final_growth.items()}
-                grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
-                         for k, s in growth.items()]
-                composite = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
-                crop = _crop(rng, level, composite, image, body_ij, (int(lesion_k[0]), int(lesion_k[-1])))
-                reference = _sub_reference(image, (crop[0], image.GetSize()[2] - crop[1]))
-                transform = _sampled(composite, reference)
-                out_image = sitk.Resample(image, reference, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-                inverse_rigid = rigid.GetInverse()
-                entry["lesions"] = {}
-                for k, v in lesions.items():
-                    entry["lesions"][str(k)] = {
-                        "growth": growth[k],
-                        **{key: invert_point(transform, v[key], inverse_rigid.TransformPoint(tuple(v[key]))).tolist()
-                           for key in ("centre_lps", "centroid_lps")}}
-                reach = {k: max(growth[k], 1.0) * lesions[k]["extent_mm"] for k in lesions}
-                out_label = _resample_label(label, reference, transform,
-                                            [(entry["lesions"][str(k)]["centre_lps"], reach[k]) for k in lesions])
-                entry["rigid"] = {"centre_lps": list(centre), "angles_deg": np.rad2deg(rigid.GetParameters()[:3]).tolist(),
-                                  "translation_mm": list(rigid.GetTranslation())}
-                entry["deformation_max_mm"] = deform_peak
+                out_image, out_label, crop, entry["lesions"], extra = _follow_up(
+                    rng, level, image, label, lesions, growth, body_ij, lesion_k)
+                entry.update(extra)
             out_label_array = sitk.GetArrayViewFromImage(out_label)
             for k, info in entry["lesions"].items():
                 info["label_centroid_lps"] = _label_centroid(out_label_array, int(k), out_label)
@@ -338,8 +340,9 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
                  "seed": seed, "difficulty": difficulty, "parameters": asdict(level), "patient_id": patient_id,
                  "baseline_lesions": {str(k): {"radius_mm": v["radius_mm"], "extent_mm": v["extent_mm"],
                                                "final_growth": final_growth[k]} for k, v in lesions.items()},
-                 "transform": "follow-up point x -> baseline point G(D(R(x))); centre_lps = exact preimage of the "
-                              "baseline lesion centre (interior centre of the baseline label)",
+                 "convention": "LPS mm. centre_lps: true lesion centre = preimage under the follow-up's transform of "
+                               "the baseline interior centre; centroid_lps: same for the baseline label centroid; "
+                               "label_centroid_lps: centroid of the written label map",
                  "scans": scans_truth}
         with atomic_write(stage / "truth.json") as fh:
             json.dump(truth, fh, indent=2)
@@ -350,25 +353,22 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
     return Path(out_dir) / "study.csv"
 
 
-def make_benchmark_studies(ct_dir, out_dir, seeds=(0, 1), levels=("easy", "medium", "hard"), n_scans: int = 4,
-                           progress=None) -> list[Path]:
+def make_benchmark_studies(ct_dir, out_dir, seeds=(0, 1), levels=("easy", "medium", "hard"),
+                           n_scans: int = 4) -> list[Path]:
     """One study per ``<name>_image.nrrd`` + ``<name>_label.nrrd`` pair in ``ct_dir`` x seed x level,
     written to ``out_dir/<name>-<level>-s<seed>/``; returns the ``study.csv`` paths."""
     ct_dir = Path(ct_dir)
     images = sorted(ct_dir.glob("*_image.nrrd"))
     if not images:
         raise InputError(f"{ct_dir}: no <name>_image.nrrd files")
-    jobs = [(img, lvl, s) for img in images for lvl in levels for s in seeds]
     out = []
-    for img, lvl, s in jobs:
+    for img, lvl, s in ((img, lvl, s) for img in images for lvl in levels for s in seeds):
         name = img.name[: -len("_image.nrrd")]
         target = Path(out_dir) / f"{name}-{lvl}-s{s}"
         if not (target / "study.csv").is_file():
             make_study(img, ct_dir / f"{name}_label.nrrd", target, n_scans=n_scans, seed=s, difficulty=lvl,
                        patient_id=f"{name}-{lvl}-s{s}")
         out.append(target / "study.csv")
-        if progress:
-            progress(len(out), len(jobs))
     return out
 
 
@@ -385,7 +385,3 @@ def load_truth(study_csv) -> dict:
 def true_centres(truth: dict, lesion_id: int = 1) -> dict[str, np.ndarray]:
     """scan id -> true lesion centre (LPS mm) of one lesion."""
     return {s["scan_id"]: np.array(s["lesions"][str(lesion_id)]["centre_lps"]) for s in truth["scans"]}
-
-
-__all__ = ["Difficulty", "LEVELS", "make_study", "make_benchmark_studies", "load_truth", "true_centres",
-           "invert_point"]

@@ -172,3 +172,27 @@ def test_instance_optimisation_restores_the_weights(random_weights, tmp_path, sc
     assert np.abs(forward.disp).max() > 0  # the optimised network moved away from the identity ...
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # ... and its weights came back
+
+
+def real_weights():
+    try:
+        return ModelManager(offline=True).locate_local("unigradicon")
+    except InputError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+@pytest.mark.skipif(real_weights() is None, reason="needs the uniGradICON weights: set LINGUINE_WEIGHTS to "
+                                                   "Step_2_final.trch or a folder holding unigradicon/Step_2_final.trch")
+def test_real_weights_recover_a_known_shift(ct_dir):
+    full = Scan.from_sitk(sitk.ReadImage(str(ct_dir / "lung2_image.nrrd")), "a", dt.datetime(2020, 1, 1),
+                          sitk.ReadImage(str(ct_dir / "lung2_label.nrrd")))
+    moved = Scan("b", np.roll(full.array, (1, 6, -5), axis=(0, 1, 2)), full.origin, full.spacing, full.direction,
+                 dt.datetime(2021, 1, 1))  # anatomy moved by 1 slice, 6 rows, -5 columns (about 5 / 3.8 / -3.1 mm)
+    truth = full.kji_to_lps(np.argwhere(full.label > 0).mean(axis=0)[None] + [1, 6, -5])
+    reg = gradicon.UniGradICONRegistration(device="auto", models=ModelManager(offline=True))
+    forward, backward = reg.register_both(full, moved)
+    centre = full.kji_to_lps(np.argwhere(full.label > 0).mean(axis=0)[None])
+    assert np.linalg.norm(forward(centre) - truth) < 2.5
+    assert np.linalg.norm(backward(truth) - centre) < 2.5

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from LinGuinELib.backends import make_registration
-from LinGuinELib.errors import LinGuinEError
+from LinGuinELib.errors import InputError, LinGuinEError
 from LinGuinELib.registration.sitk import SitkRegistration
 from LinGuinELib.study import Scan
 from LinGuinELib.synthetic import invert_point
@@ -24,6 +24,13 @@ def small_ct(ct_dir):
     label = sitk.ReadImage(str(ct_dir / "lung2_label.nrrd"))[::4, ::4, 5:45]
     label.CopyInformation(image)
     return image, label
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """One backend for the module: every target is called 'target' with a different image, so a stale
+    per-scan cache would make these tests fail."""
+    return SitkRegistration()
 
 
 def scan_of(image, scan_id, label=None, day=1):
@@ -52,17 +59,19 @@ def truth(transform, points):
 def test_backend_factory_builds_sitk():
     backend = make_registration("sitk", device="cuda", threads=2)
     assert isinstance(backend, SitkRegistration) and backend.name == "sitk"
+    with pytest.raises(InputError, match="bspline"):
+        SitkRegistration(deformable="bspline")
 
 
-def test_recovers_rigid_motion_in_the_right_direction(small_ct):
+def test_recovers_rigid_motion_in_the_right_direction(small_ct, backend):
     image, label = small_ct
     motion = sitk.Euler3DTransform(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]),
                                    np.deg2rad(1.5), np.deg2rad(-1.0), np.deg2rad(2.0), (7.0, -5.0, 6.0))
     source = scan_of(image, "base", label)
-    target = scan_of(*warped(image, label, motion)[:1], "moved", day=2)
+    target = scan_of(*warped(image, label, motion)[:1], "target", day=2)
     points = probe_points(source)
     expected = truth(motion, points)
-    mapped = SitkRegistration().register(source, target)(points)
+    mapped = backend.register(source, target)(points)
     errors = np.linalg.norm(mapped - expected, axis=1)
     assert np.median(errors) < 1.0 and errors.max() < 2.0, errors
     # an inverted map would send points the other way: twice the motion away from the truth
@@ -70,7 +79,7 @@ def test_recovers_rigid_motion_in_the_right_direction(small_ct):
     assert np.all(np.linalg.norm(mapped - inverted, axis=1) > 8.0)
 
 
-def test_recovers_smooth_deformation_and_agrees_with_image_warp(small_ct):
+def test_recovers_smooth_deformation_and_agrees_with_image_warp(small_ct, backend):
     image, label = small_ct
     deform = sitk.BSplineTransformInitializer(image, [3, 3, 2])
     rng = np.random.default_rng(3)
@@ -78,12 +87,12 @@ def test_recovers_smooth_deformation_and_agrees_with_image_warp(small_ct):
     deform.SetParameters(tuple(coeffs * 5.0 / np.abs(coeffs).max()))  # displacements up to ~5 mm
     motion = sitk.CompositeTransform([deform, sitk.TranslationTransform(3, (3.0, 4.0, -5.0))])
     target_image, target_label = warped(image, label, motion)
-    source, target = scan_of(image, "base", label), scan_of(target_image, "deformed", target_label, day=2)
+    source, target = scan_of(image, "base", label), scan_of(target_image, "target", target_label, day=2)
     points = probe_points(source)
     expected = truth(motion, points)
     no_registration = np.linalg.norm(points - expected, axis=1)
     assert np.median(no_registration) > 4.0  # the test is not trivially passed
-    point_map = SitkRegistration().register(source, target)
+    point_map = backend.register(source, target)
     errors = np.linalg.norm(point_map(points) - expected, axis=1)
     assert np.median(errors) < 1.0 and errors.max() < 2.0, errors
     # image warp with the same transform: the target lesion lands on the source lesion
@@ -110,17 +119,17 @@ def sample(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     return np.array(values)
 
 
-def test_target_with_different_field_of_view_and_origin(small_ct):
+def test_target_with_different_field_of_view_and_origin(small_ct, backend):
     image, label = small_ct
     moved_image, moved_label = warped(image, label, sitk.TranslationTransform(3, (-4.0, 6.0, 5.0)))
     cropped, cropped_label = moved_image[:, :, 3:28], moved_label[:, :, 3:28]  # 15 slices (75 mm) fewer
     offset = np.array([80.0, -60.0, 150.0])  # another scanner's coordinates
     for img in (cropped, cropped_label):
         img.SetOrigin(tuple(np.array(img.GetOrigin()) + offset))
-    source, target = scan_of(image, "base", label), scan_of(cropped, "cropped", cropped_label, day=2)
+    source, target = scan_of(image, "base", label), scan_of(cropped, "target", cropped_label, day=2)
     centre = interior_centre(source.label > 0, source)
     expected = centre - np.array([-4.0, 6.0, 5.0]) + offset
-    mapped = SitkRegistration().register(source, target)(centre)[0]
+    mapped = backend.register(source, target)(centre)[0]
     assert np.linalg.norm(mapped - expected) < 2.0, (mapped, expected)
 
 

@@ -4,7 +4,7 @@
 Generates (or reuses) studies from every ``<name>_image.nrrd``/``<name>_label.nrrd`` pair in
 ``--ct-dir`` for each seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`), then
 registers the first scan to every later one and the last scan to every earlier one. Per pair it prints
-wall seconds, peak RSS of this process during the registration, the propagation error of the lesion
+wall seconds, CPU seconds (all threads; less sensitive to other load on the machine), peak RSS of this process during the registration, the propagation error of the lesion
 centre (distance between the mapped source centre and the true target centre, mm) and the error
 without registration; then medians/maxima overall.
 
@@ -93,28 +93,29 @@ def main(argv=None) -> int:
     studies = make_benchmark_studies(args.ct_dir, args.out, seeds=args.seeds, levels=args.levels, n_scans=args.scans)
     backend = make_registration(args.backend, **options)
     rows = []
-    print(f"{'study':22s} {'pair':9s} {'seconds':>8s} {'peak_MB':>8s} {'error_mm':>9s} {'no_reg_mm':>9s}", flush=True)
+    print(f"{'study':22s} {'pair':9s} {'seconds':>8s} {'cpu_s':>8s} {'peak_MB':>8s} {'error_mm':>9s} {'no_reg_mm':>9s}",
+          flush=True)
     for csv_path in studies:
         study = load_study(csv_path, with_labels=False)
         centres = true_centres(load_truth(csv_path))
         for i, j in pairs(len(study), args.pairs):
             source, target = study.scans[i], study.scans[j]
             with PeakRSS() as rss:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 point_map = backend.register(source, target)
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             mapped = point_map(centres[source.scan_id].reshape(1, 3))[0]
             error = float(np.linalg.norm(mapped - centres[target.scan_id]))
             baseline = float(np.linalg.norm(centres[source.scan_id] - centres[target.scan_id]))
-            rows.append((seconds, rss.peak / 2**20, error, baseline))
-            print(f"{study.patient_id:22s} {source.scan_id + '->' + target.scan_id:9s} {seconds:8.1f} "
+            rows.append((seconds, rss.peak / 2**20, error, baseline, cpu))
+            print(f"{study.patient_id:22s} {source.scan_id + '->' + target.scan_id:9s} {seconds:8.1f} {cpu:8.1f} "
                   f"{rss.peak / 2**20:8.0f} {error:9.2f} {baseline:9.2f}", flush=True)
         if hasattr(backend, "forget"):
             for scan in study:
                 backend.forget(scan.scan_id)
     arr = np.array(rows)
     print(f"\n{len(rows)} pairs, load average {os.getloadavg()[0]:.1f}: median {np.median(arr[:, 0]):.1f} s "
-          f"(max {arr[:, 0].max():.1f}), peak RSS median {np.median(arr[:, 1]):.0f} MB (max {arr[:, 1].max():.0f}), "
+          f"(max {arr[:, 0].max():.1f}; CPU {np.median(arr[:, 4]):.1f} s, max {arr[:, 4].max():.1f}), peak RSS median {np.median(arr[:, 1]):.0f} MB (max {arr[:, 1].max():.0f}), "
           f"error median {np.median(arr[:, 2]):.2f} mm (90th pct {np.percentile(arr[:, 2], 90):.2f}, "
           f"max {arr[:, 2].max():.2f}), no registration median {np.median(arr[:, 3]):.2f} mm")
     return 0

@@ -15,7 +15,7 @@ Pipeline, on intensities clamped to ``window`` HU and block-averaged to ~5 and ~
    voxels exert no force and the field there is interpolated by the regulariser.
 
 ``T(x) = A(x + d(x))`` with ``A`` the affine and ``d`` the demons displacement field (zero outside the
-source's box).
+bounding box of the source body).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .. import coords
 from ..errors import InputError, LinGuinEError
 from ..study import Scan
 from .base import PointMap, Registration, as_points
@@ -33,6 +34,31 @@ from .base import PointMap, Registration, as_points
 _OUTSIDE = -5000.0  # sentinel for "no target data here" (below any windowed intensity)
 _BODY_HU = -500.0
 MIN_SHARED_BODY = 0.2  # fraction of the source body the aligned target must cover
+
+
+def _body_points(mask: sitk.Image) -> np.ndarray:
+    """LPS mm centres (N, 3) of the mask's voxels."""
+    kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    matrix = coords.index_to_lps_matrix(mask.GetOrigin(), mask.GetSpacing(), mask.GetDirection())
+    return coords.ijk_to_lps(coords.kji_to_ijk(kji), matrix)
+
+
+def _inside_fraction(points: np.ndarray, image: sitk.Image) -> float:
+    """Fraction of LPS points inside ``image``'s voxel box."""
+    matrix = coords.index_to_lps_matrix(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    ijk = coords.lps_to_ijk(points, matrix)
+    return float(np.all((ijk >= -0.5) & (ijk <= np.array(image.GetSize()) - 0.5), axis=1).mean())
+
+
+def _crop_to_box(image: sitk.Image, box_lps: np.ndarray) -> sitk.Image:
+    """The part of ``image`` covering an LPS box (2, 3) given by its min and max corners."""
+    corners = np.array([[box_lps[a, 0], box_lps[b, 1], box_lps[c, 2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    matrix = coords.index_to_lps_matrix(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    ijk = coords.lps_to_ijk(corners, matrix)
+    size = np.array(image.GetSize())
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, size - 1)
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, lo + 1, size)
+    return image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
 
 
 class TransformPointMap:
@@ -60,7 +86,7 @@ class SitkRegistration(Registration):
 
     name = "sitk"
 
-    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(80, 40), smoothing_mm: float = 4.0,
+    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(60, 30), smoothing_mm: float = 8.0,
                  window=(-1000.0, 500.0), threads: int | None = None, seed: int = 1):
         if deformable not in ("demons", "diffeomorphic", "none"):
             raise InputError(f"sitk registration: unknown deformable={deformable!r}; use demons, diffeomorphic or none")
@@ -73,13 +99,17 @@ class SitkRegistration(Registration):
         self.window = (float(window[0]), float(window[1]))
         self.threads = threads
         self.seed = int(seed)
-        self._pyramids: dict[str, dict[float, sitk.Image]] = {}
+        self._pyramids: dict[str, tuple[np.ndarray, dict[float, sitk.Image]]] = {}
 
     # ---- preprocessing -------------------------------------------------------------------------
     def _level(self, scan: Scan, spacing_mm: float) -> sitk.Image:
         """``scan`` clamped to the window and block-averaged to about ``spacing_mm`` (never finer than
-        native; z is only shrunk when slices are thinner than ``spacing_mm``); float32. Cached per scan."""
-        cache = self._pyramids.setdefault(scan.scan_id, {})
+        native; z is only shrunk when slices are thinner than ``spacing_mm``); float32. Cached per scan
+        (by id, and only while the scan keeps the same voxel array)."""
+        array, cache = self._pyramids.get(scan.scan_id, (None, {}))
+        if array is not scan.array:
+            cache = {}
+            self._pyramids[scan.scan_id] = (scan.array, cache)
         if spacing_mm not in cache:
             image = sitk.Clamp(scan.to_sitk(), sitk.sitkFloat32, *self.window)
             factors = [max(1, int(round(spacing_mm / s))) for s in scan.spacing]
@@ -112,14 +142,11 @@ class SitkRegistration(Registration):
         reg.SetInterpolator(sitk.sitkLinear)
         return reg
 
-    def _initial(self, fixed, moving, fixed_body, moving_body) -> tuple[sitk.TranslationTransform, np.ndarray]:
-        """Best translation among scanner coordinates and body centre-of-mass alignments, and the
-        source body's centre (LPS mm)."""
+    def _initial(self, fixed, moving, fixed_body, moving_body, body_points) -> sitk.TranslationTransform:
+        """Best translation among scanner coordinates and body centre-of-mass alignments."""
         stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(fixed_body)
-        c_fixed = np.array(stats.GetCentroid(1))
         stats.Execute(moving_body)
-        shift = np.array(stats.GetCentroid(1)) - c_fixed
+        shift = np.array(stats.GetCentroid(1)) - body_points.mean(axis=0)
         candidates = [np.zeros(3), shift, np.array([shift[0], shift[1], 0.0])]
         reg = self._method(fixed_body)
         scored = []
@@ -127,18 +154,19 @@ class SitkRegistration(Registration):
             tx = sitk.TranslationTransform(3, tuple(t))
             reg.SetInitialTransform(tx)
             try:
-                scored.append((reg.MetricEvaluate(fixed, moving), reg.GetMetricNumberOfValidPoints(), tx))
+                scored.append((reg.MetricEvaluate(fixed, moving), _inside_fraction(body_points + t, moving), tx))
             except RuntimeError:  # too few samples inside the target: a useless candidate
                 continue
         if not scored:
             raise LinGuinEError("no initial alignment puts the two bodies over each other")
-        most = max(valid for _, valid, _ in scored)
-        _, _, best = min((item for item in scored if item[1] >= 0.3 * most), key=lambda item: item[0])
-        return best, c_fixed
+        most = max(inside for _, inside, _ in scored)
+        return min((item for item in scored if item[1] >= 0.3 * most), key=lambda item: item[0])[2]
 
-    def _linear(self, fixed, moving, fixed_body, moving_body) -> sitk.AffineTransform:
-        """Rigid then affine (Mattes MI on the source body mask, 2 pyramid levels on ``fixed``)."""
-        start, centre = self._initial(fixed, moving, fixed_body, moving_body)
+    def _linear(self, fixed, moving, fixed_body, moving_body, body_points) -> sitk.AffineTransform:
+        """Rigid then affine (Mattes MI on the source body mask, 2 pyramid levels on ``fixed``), about
+        the source body's centre."""
+        start = self._initial(fixed, moving, fixed_body, moving_body, body_points)
+        centre = body_points.mean(axis=0)
         rigid = sitk.Euler3DTransform()
         rigid.SetCenter(tuple(centre))
         rigid.SetTranslation(start.GetOffset())
@@ -170,11 +198,12 @@ class SitkRegistration(Registration):
         image.CopyInformation(fixed)
         return image, outside
 
-    def _demons(self, source: Scan, target: Scan, affine: sitk.Transform) -> sitk.Image:
-        """Multi-level demons displacement field on the finest source level's grid (fixed = source)."""
+    def _demons(self, source: Scan, target: Scan, affine: sitk.Transform, box_lps: np.ndarray) -> sitk.Image:
+        """Multi-level demons displacement field on the finest source level's grid (fixed = source),
+        restricted to the LPS box ``box_lps`` (2, 3) around the source body."""
         field = None
         for spacing, iterations in zip(self.spacing_mm, self.iterations):
-            fixed = self._level(source, spacing)
+            fixed = _crop_to_box(self._level(source, spacing), box_lps)
             moving, _ = self._aligned(fixed, self._level(target, spacing), affine)
             if field is None:
                 field = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
@@ -197,12 +226,17 @@ class SitkRegistration(Registration):
             with self._threads():
                 fixed, moving = self._level(source, self.spacing_mm[0]), self._level(target, self.spacing_mm[0])
                 fixed_body, moving_body = self._body(fixed), self._body(moving)
-                affine = self._linear(fixed, moving, fixed_body, moving_body)
+                body = _body_points(fixed_body)
+                if len(body) == 0:
+                    raise LinGuinEError("no body (nothing above -500 HU) in the source scan")
+                affine = self._linear(fixed, moving, fixed_body, moving_body, body)
                 _, outside = self._aligned(fixed, moving, affine)
                 shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
                 if shared < MIN_SHARED_BODY:
                     raise LinGuinEError(f"after alignment only {shared:.0%} of the source body lies inside the target")
-                field = None if self.deformable == "none" else self._demons(source, target, affine)
+                margin = 2 * np.array(fixed.GetSpacing())
+                box = np.array([body.min(axis=0) - margin, body.max(axis=0) + margin])
+                field = None if self.deformable == "none" else self._demons(source, target, affine, box)
         except (RuntimeError, LinGuinEError) as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise LinGuinEError(f"sitk registration of scan '{source.scan_id}' to scan '{target.scan_id}' "

@@ -46,34 +46,55 @@ class ClassicSegmenter(Segmenter):
     def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
         out = np.zeros(scan.shape, dtype=bool)
         sp = scan.spacing_kji
-        lo_box, hi_box = _box(positive, self.max_radius_mm + 2.0, sp, scan.shape)
-        crop = ndi.gaussian_filter(scan.array[_sl(lo_box, hi_box)].astype(np.float32),
-                                   sigma=_smoothing(sp), mode="nearest")
-        seeds = positive - lo_box
+        lo, hi = _box(positive, self.max_radius_mm + 2.0, sp, scan.shape)
+        crop = ndi.gaussian_filter(scan.array[_sl(lo, hi)].astype(np.float32), sigma=_smoothing(sp), mode="nearest")
+        seeds, negs = positive - lo, negative - lo
+        negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
         seed = _relocate(crop, seeds[0], sp)
         if seed is None:
             return out
+        region = self._grow(scan, crop, lo, seed, seeds[1:], negs)
+        if region is None:
+            return out
+        # Once more from the region's interior centre, so that the result does not depend on where
+        # in the lesion the seed fell. Kept if it still covers the seed and grew at most 1.5 x.
+        centre = np.asarray(np.unravel_index(np.argmax(ndi.distance_transform_edt(region, sampling=sp)), region.shape))
+        if not np.array_equal(centre, seed):
+            again = self._grow(scan, crop, lo, centre, seeds[1:], negs)
+            if again is not None and again[tuple(seed)] and again.sum() <= 1.5 * region.sum():
+                region = again
+        out[_sl(lo, hi)] = region
+        return out
+
+    def _grow(self, scan, crop, crop_lo, seed, more, negs):
+        """Lesion mask on ``crop`` (smoothed scan[crop_lo:...]) for ``seed`` plus extra positive
+        voxels ``more`` and negative voxels ``negs`` (crop indices); None if nothing lesion-like."""
+        sp = scan.spacing_kji
         window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
         if window is None:
-            return out
+            return None
         cap = min(2.0 * radius + 2.0, self.max_radius_mm)
-        fg = np.vstack([seed, seeds[1:]])  # the first point is replaced by its relocated seed
+        fg = np.vstack([seed, more])
         lo, hi = _box(fg, cap + 1.0, sp, crop.shape)
-        crop, fg = crop[_sl(lo, hi)], fg - lo
-        candidate = (crop >= window[0]) & (crop <= window[1]) & (_dist_from(fg[0], crop.shape, sp) <= cap)
+        sub, fg = crop[_sl(lo, hi)], fg - lo
+        candidate = (sub >= window[0]) & (sub <= window[1]) & (_dist_from(fg[0], sub.shape, sp) <= cap)
         if lung:
-            envelope = _pleural_envelope(scan, lo_box + lo, lo_box + hi, lo_box + lo + fg[0], window[0], radius, cap, sp)
+            at = crop_lo + lo
+            envelope = _pleural_envelope(scan, at, crop_lo + hi, at + fg[0], window[0], radius, cap, sp)
             if envelope[tuple(fg[0])]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
                 candidate &= envelope
         candidate[tuple(fg.T)] = True
         candidate &= _star_hull(candidate, fg[0], sp, cap)
         candidate = _slice_cone(candidate, fg[0], sp)
-        negs = negative - lo_box - lo
-        negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
+        negs = negs - lo
+        negs = negs[np.all((negs >= 0) & (negs < sub.shape), axis=1)]
         if len(negs):
             candidate &= _split_off(candidate, fg, negs, sp)
-        out[_sl(lo_box + lo, lo_box + hi)] = _keep_seeded(candidate, fg, radius, sp)
-        return out
+        region = np.zeros(crop.shape, dtype=bool)
+        kept = _limit_volume(_keep_seeded(candidate, fg, radius, sp), fg, radius, sp)
+        region[_sl(lo, hi)] = kept
+        print("EDGEFRAC", round(_edge_fraction(kept, (sub >= window[0]) & (sub <= window[1])), 3), "R", radius, "mL", kept.sum()*np.prod(sp)/1000)
+        return region
 
 
 def _sl(lo, hi):
@@ -103,28 +124,28 @@ def _ball_box(point, r_mm, sp, shape):
     return lo, hi
 
 
-def _relocate(crop, seed, sp, reach_mm: float = 5.5):
+def _relocate(crop, seed, sp, reach_mm: float = 5.5, core_mm: float = 3.0):
     """Seed moved into the dense core near it, or None if nothing dense is there.
 
     In air-containing surroundings (a neighbourhood split by Otsu into classes more than 300 HU
-    apart, the darker one air) the seed moves to the most central voxel of the dense class within
-    ``reach_mm`` (slices 5 mm apart stay reachable). Elsewhere it stays; an air seed gives None.
+    apart, the darker one air) the seed moves to the nearest voxel of the dense class that lies at
+    least ``core_mm`` deep in it (or as deep as any within ``reach_mm``; slices 5 mm apart stay
+    reachable). A seed already that deep stays, so a deeper structure next to the lesion (chest
+    wall) does not draw it away. Elsewhere the seed stays; an air seed gives None.
     """
     lo, hi = _ball_box(seed, reach_mm + 6.0, sp, crop.shape)
     patch = crop[_sl(lo, hi)]
-    local = seed - lo
     t = threshold_otsu(patch) if patch.max() > patch.min() else patch.max()
     dark, dense = patch[patch <= t], patch[patch > t]
     if dense.size == 0 or dark.size == 0 or dense.mean() - dark.mean() < 300 or np.median(dark) > AIR_HU:
         return None if crop[tuple(seed)] < AIR_HU else seed
     mask = patch > max(t, AIR_HU)
-    depth = ndi.distance_transform_edt(mask, sampling=sp)
-    near = _dist_from(local, patch.shape, sp)
-    depth[near > reach_mm] = 0
+    near = _dist_from(seed - lo, patch.shape, sp)
+    depth = np.where(near <= reach_mm, ndi.distance_transform_edt(mask, sampling=sp), 0.0)
     if depth.max() == 0:
         return None
-    score = depth - 1e-3 * near  # ties go to the nearest voxel
-    return np.asarray(np.unravel_index(np.argmax(score), patch.shape)) + lo
+    deep_enough = depth >= min(core_mm, depth.max())
+    return np.asarray(np.unravel_index(np.argmin(np.where(deep_enough, near, np.inf)), patch.shape)) + lo
 
 
 def _fibonacci_sphere(n):
@@ -138,18 +159,19 @@ def _fibonacci_sphere(n):
 def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5, beyond_mm=5.0):
     """((lo, hi) HU window, median radius mm, lung context) from rays cast from ``seed``.
 
-    Core value = median within 2 mm of the seed. Starting from core +- max(4 x its spread, 150 HU),
+    Core value = median within 2 mm of the seed. Starting from core +- 4 x its spread (100-200 HU),
     each ray's exit is where it first leaves the window for 1 mm, and the extreme value within
     ``beyond_mm`` past the exit is the surrounding it meets; the window then reaches half way to the median darker
     (brighter) surrounding, if at least 10 % of rays meet one (twice). The radius is the median
-    exit distance; lung context = the darker surrounding is air. (None, 0, False) if the core is air.
+    exit distance; lung context = the darker surrounding is air. (None, 0, False) if the core is air
+    or most rays never leave the window (nothing bounded at the seed).
     """
     lo, hi = _ball_box(seed, 2.0, sp, crop.shape)
     core = crop[_sl(lo, hi)][_dist_from(seed - lo, hi - lo, sp) <= 2.0]
     mu = float(np.median(core))
     if mu < AIR_HU:
         return None, 0.0, False
-    half = max(4.0 * 1.4826 * float(np.median(np.abs(core - mu))), 150.0)
+    half = float(np.clip(4.0 * 1.4826 * np.median(np.abs(core - mu)), 100.0, 200.0))
     low, high = mu - half, mu + half
     t = np.arange(0.0, max_radius + step, step)
     pts = seed[None, None, :] + _fibonacci_sphere(n_rays)[:, None, :] * t[None, :, None] / sp
@@ -172,6 +194,8 @@ def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5, beyond_mm=5
     outside = ((prof < low) | (prof > high)).astype(np.uint8)
     leaving = ndi.minimum_filter1d(outside, run, axis=1, origin=-(run // 2)).astype(bool)
     first = np.where(leaving.any(1), leaving.argmax(1), len(t) - 1)
+    if np.mean(leaving.any(1)) < 0.5:  # most rays never leave: nothing bounded at the seed
+        return None, 0.0, False
     radius = max(float(np.median(t[first])), 1.0)
     lung = bool(darker.size >= 0.1 * n_rays and np.median(darker) < AIR_HU)
     return (low, high), radius, lung
@@ -249,6 +273,28 @@ def _slice_cone(candidate, seed, sp):
             near = ndi.distance_transform_edt(~prev, sampling=sp[1:]) <= sp[0]
             out[k] = prev = candidate[k] & near
     return out
+
+
+def _limit_volume(region, seeds, radius, sp, factor=1.5):
+    """``region`` trimmed to the ball around ``seeds[0]`` that leaves it no larger than a sphere of
+    ``factor`` x the estimated radius (a leak, not a lesion, makes it larger); seeded part kept."""
+    limit = 4.0 / 3.0 * np.pi * (factor * radius) ** 3 / np.prod(sp)
+    if region.sum() <= limit:
+        return region
+    dist = _dist_from(seeds[0], region.shape, sp)
+    reach = np.sort(dist[region])[int(limit) - 1]
+    labels, _ = ndi.label(region & (dist <= reach))
+    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
+    return np.isin(labels, list(ids))
+
+
+def _edge_fraction(region, in_window):
+    """Share of the region's boundary voxels that touch a voxel outside the intensity window."""
+    boundary = region & ~ndi.binary_erosion(region, border_value=1)
+    if not boundary.any():
+        return 0.0
+    edge = boundary & ndi.binary_dilation(~in_window, border_value=0)
+    return float(edge.sum() / boundary.sum())
 
 
 def _split_off(candidate, fg, bg, sp):
