@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .lesion import Lesion
-from .registration.base import PointMap, Registration
+from .registration.base import Registration
 from .segmentation.base import Segmenter
 from .study import Scan, Study
 from .tracking import OUTSIDE_FOV, LesionPrompt, Tracker, TrackingResult, interior_centre
@@ -84,35 +84,6 @@ def propagation_error(point_lps: np.ndarray | None, truth: np.ndarray, scan: Sca
     return error, inside
 
 
-# -- tracking with the propagated points recorded ------------------------------------------------
-class _RecordingRegistration(Registration):
-    """Wraps a backend; every point map it hands out logs (source id, target id, mapped points)."""
-
-    def __init__(self, backend: Registration):
-        self.backend = backend
-        self.name = backend.name
-        self.log: list[tuple[str, str, np.ndarray]] = []
-
-    def _wrap(self, point_map: PointMap | None, source_id: str, target_id: str) -> PointMap | None:
-        if point_map is None:
-            return None
-
-        def mapped(points):
-            out = np.asarray(point_map(points), dtype=float)
-            self.log.append((source_id, target_id, out.reshape(-1, 3)))
-            return out
-
-        return mapped
-
-    def register(self, source: Scan, target: Scan) -> PointMap:
-        return self._wrap(self.backend.register(source, target), source.scan_id, target.scan_id)
-
-    def register_both(self, source: Scan, target: Scan):
-        forward, backward = self.backend.register_both(source, target)
-        return (self._wrap(forward, source.scan_id, target.scan_id),
-                self._wrap(backward, target.scan_id, source.scan_id))
-
-
 @dataclass
 class StudyEvaluation:
     """One study's tracking result, scored pairs and the propagated point per (lesion, target)."""
@@ -144,8 +115,7 @@ def evaluate_study(study: Study, registration: Registration, segmenter: Segmente
     if not ids:
         raise InputError(f"{study.source_path or study.patient_id}: the label of source scan '{src.scan_id}' "
                          "holds no lesion")
-    recorder = _RecordingRegistration(registration)
-    tracker = Tracker(study, recorder, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
+    tracker = Tracker(study, registration, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
     lesions, observations, propagated, seconds = [], {}, {}, 0.0
     try:
         for lid in ids:
@@ -153,17 +123,16 @@ def evaluate_study(study: Study, registration: Registration, segmenter: Segmente
             mask = src.label == lid
             lesion_prompt = (LesionPrompt(lesion, src.scan_id, mask=mask) if prompt == "mask" else
                              LesionPrompt(lesion, src.scan_id, point_lps=interior_centre(mask, src)))
-            start = len(recorder.log)
             part = tracker.track([lesion_prompt])
             seconds += part.stats["seconds"]["total"]
             lesions.append(lesion)
             observations[lid] = part.observations[lid]
-            propagated[lid] = {target: points[0] for _, target, points in recorder.log[start:]}
+            propagated[lid] = {sid: obs.propagated_lps for sid, obs in part.observations[lid].items()
+                               if obs.propagated_lps is not None}
     finally:
         for scan in study:  # backends cache per scan id, and ids (t0, t1, ...) repeat across studies
-            for backend in (registration, segmenter):
-                if callable(getattr(backend, "forget", None)):
-                    backend.forget(scan.scan_id)
+            registration.forget(scan.scan_id)
+            segmenter.forget(scan.scan_id)
     result = TrackingResult(study, lesions, observations,
                             stats={"registration": registration.name, "segmentation": segmenter.name,
                                    "registration_calls": tracker.cache.computed,

@@ -49,7 +49,9 @@ class LesionPrompt:
 
 @dataclass
 class Observation:
-    """One lesion on one scan. ``point_lps`` is the prompt used there (LPS mm); ``mask`` bool [k, j, i]."""
+    """One lesion on one scan. ``point_lps`` is the prompt used there (LPS mm; after a boost, the re-prompt
+    point); ``propagated_lps`` the point the registration mapped onto this scan (before any boost);
+    ``mask`` bool [k, j, i]; ``propagated_from`` the scan id the point came from."""
 
     lesion_id: int
     scan_id: str
@@ -57,6 +59,7 @@ class Observation:
     point_lps: np.ndarray | None = None
     mask: np.ndarray | None = None
     propagated_from: str | None = None
+    propagated_lps: np.ndarray | None = None
 
     @property
     def found(self) -> bool:
@@ -205,10 +208,11 @@ class Tracker:
 
     def _observe(self, lesion_id: int, target: Scan, point_lps: np.ndarray, origin_id: str) -> Observation:
         if not target.contains_lps(point_lps.reshape(1, 3))[0]:
-            return Observation(lesion_id, target.scan_id, OUTSIDE_FOV, point_lps, None, origin_id)
+            return Observation(lesion_id, target.scan_id, OUTSIDE_FOV, point_lps, None, origin_id, point_lps)
         mask, used = self._segment_boosted(target, point_lps)
         status = FOUND if mask.any() else NOT_FOUND
-        return Observation(lesion_id, target.scan_id, status, used, mask if mask.any() else None, origin_id)
+        return Observation(lesion_id, target.scan_id, status, used, mask if mask.any() else None, origin_id,
+                           point_lps)
 
     # -- public API --------------------------------------------------------------------------
     def source_observation(self, prompt: LesionPrompt) -> Observation:
@@ -313,6 +317,6 @@ class Tracker:
         previous = result.observations[lesion_id][scan_id]
         status = (SOURCE if previous.status == SOURCE else FOUND) if mask.any() else NOT_FOUND
         obs = Observation(lesion_id, scan_id, status, positive_lps[0], mask if mask.any() else None,
-                          previous.propagated_from)
+                          previous.propagated_from, previous.propagated_lps)
         result.observations[lesion_id][scan_id] = obs
         return obs

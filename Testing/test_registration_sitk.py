@@ -68,7 +68,7 @@ def test_recovers_rigid_motion_in_the_right_direction(small_ct, backend):
     motion = sitk.Euler3DTransform(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]),
                                    np.deg2rad(1.5), np.deg2rad(-1.0), np.deg2rad(2.0), (7.0, -5.0, 6.0))
     source = scan_of(image, "base", label)
-    target = scan_of(*warped(image, label, motion)[:1], "target", day=2)
+    target = scan_of(warped(image, label, motion)[0], "target", day=2)
     points = probe_points(source)
     expected = truth(motion, points)
     mapped = backend.register(source, target)(points)
@@ -136,7 +136,8 @@ def test_target_with_different_field_of_view_and_origin(small_ct, backend):
 def test_failure_names_both_scans(small_ct):
     image, _ = small_ct
     rng = np.random.default_rng(0)
-    empty = sitk.GetImageFromArray(rng.normal(-1000, 5, size=sitk.GetArrayViewFromImage(image).shape).astype(np.float32))
+    shape = sitk.GetArrayViewFromImage(image).shape
+    empty = sitk.GetImageFromArray(rng.normal(-1000, 5, size=shape).astype(np.float32))
     empty.CopyInformation(image)
     with pytest.raises(LinGuinEError, match="'base'.*'air'"):
         SitkRegistration().register(scan_of(image, "base"), scan_of(empty, "air", day=2))

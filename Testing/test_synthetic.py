@@ -76,8 +76,8 @@ def test_same_seed_same_study_other_seed_differs(small_ct, tmp_path):
 
 
 def test_invert_point_solves_a_known_transform():
-    tx = sitk.CompositeTransform([sitk.ScaleTransform(3, (1.1, 0.9, 1.0)), sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.2,
-                                                                                               (5.0, -3.0, 2.0))])
+    rigid = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.2, (5.0, -3.0, 2.0))
+    tx = sitk.CompositeTransform([sitk.ScaleTransform(3, (1.1, 0.9, 1.0)), rigid])
     x = np.array([10.0, -20.0, 30.0])
     y = np.array(tx.TransformPoint(tuple(x)))
     assert np.allclose(invert_point(tx, y, y), x, atol=1e-3)

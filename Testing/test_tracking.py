@@ -131,6 +131,7 @@ def test_boost_reprompts_at_mask_centre_with_a_fresh_call():
     assert len(seg.calls) == 2
     centre_kji = study.scan("t1").nearest_voxel(obs.point_lps)
     assert centre_kji == (10, 20, 22), "boost re-prompts at the interior centre of the first mask"
+    assert study.scan("t1").nearest_voxel(obs.propagated_lps) == (10, 23, 22), "the mapped point is kept too"
 
 
 def test_overlap_rule_gives_contested_voxels_to_nearest_prompt_then_lower_id():

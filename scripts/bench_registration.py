@@ -4,9 +4,10 @@
 Generates (or reuses) studies from every ``<name>_image.nrrd``/``<name>_label.nrrd`` pair in
 ``--ct-dir`` for each seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`), then
 registers the first scan to every later one and the last scan to every earlier one. Per pair it prints
-wall seconds, CPU seconds (all threads; less sensitive to other load on the machine), peak RSS of this process during the registration, the propagation error of the lesion
-centre (distance between the mapped source centre and the true target centre, mm) and the error
-without registration; then medians/maxima overall.
+wall seconds, CPU seconds (all threads; less sensitive to other load on the machine), peak RSS of this
+process during the registration, the propagation error of the lesion centre (distance between the
+mapped source centre and the true target centre, mm) and the error without registration; then
+medians and maxima.
 
     .venv/bin/python scripts/bench_registration.py --out /tmp/linguine-bench-registration [--backend sitk]
 """
@@ -14,6 +15,7 @@ without registration; then medians/maxima overall.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import resource
 import sys
@@ -70,7 +72,8 @@ def pairs(n: int, mode: str) -> list[tuple[int, int]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ct-dir", default=str(REPO.parent / "shared" / "data" / "ct"))
-    parser.add_argument("--out", default="/tmp/linguine-bench-registration", help="folder for the generated studies (reused)")
+    parser.add_argument("--out", default="/tmp/linguine-bench-registration",
+                        help="folder for the generated studies (reused when present)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--scans", type=int, default=4)
@@ -80,9 +83,6 @@ def main(argv=None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="backend constructor option (value parsed as a Python literal when possible)")
     args = parser.parse_args(argv)
-
-    import ast
-
     options = {}
     for item in args.option:
         key, _, value = item.partition("=")
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
                 backend.forget(scan.scan_id)
     arr = np.array(rows)
     print(f"\n{len(rows)} pairs, load average {os.getloadavg()[0]:.1f}: median {np.median(arr[:, 0]):.1f} s "
-          f"(max {arr[:, 0].max():.1f}; CPU {np.median(arr[:, 4]):.1f} s, max {arr[:, 4].max():.1f}), peak RSS median {np.median(arr[:, 1]):.0f} MB (max {arr[:, 1].max():.0f}), "
+          f"(max {arr[:, 0].max():.1f}; CPU {np.median(arr[:, 4]):.1f} s, max {arr[:, 4].max():.1f}), "
+          f"peak RSS median {np.median(arr[:, 1]):.0f} MB (max {arr[:, 1].max():.0f}), "
           f"error median {np.median(arr[:, 2]):.2f} mm (90th pct {np.percentile(arr[:, 2], 90):.2f}, "
           f"max {arr[:, 2].max():.2f}), no registration median {np.median(arr[:, 3]):.2f} mm")
     return 0

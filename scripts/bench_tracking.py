@@ -22,7 +22,7 @@ import numpy as np
 
 from LinGuinELib.backends import make_registration, make_segmenter
 from LinGuinELib.lesion import Lesion
-from LinGuinELib.sample_data import find_ct_dir
+from LinGuinELib.sample_data import candidate_dirs
 from LinGuinELib.study import load_study
 from LinGuinELib.synthetic import make_study
 from LinGuinELib.tracking import LesionPrompt, Tracker
@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--segmentation", default="classic")
     ap.add_argument("--run-naive", action="store_true")
     args = ap.parse_args()
-    ct = Path(args.ct_dir) if args.ct_dir else find_ct_dir()
+    ct = Path(args.ct_dir) if args.ct_dir else next(
+        (d for d in candidate_dirs() if (d / f"{args.case}_image.nrrd").is_file()), None)
+    if ct is None:
+        ap.error(f"{args.case}_image.nrrd not found; pass --ct-dir")
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = make_study(ct / f"{args.case}_image.nrrd", ct / f"{args.case}_label.nrrd", tmp,
                               n_scans=args.scans, seed=0, difficulty="medium")

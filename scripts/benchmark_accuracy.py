@@ -60,9 +60,9 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     start = time.perf_counter()
+    print(f"making (or reusing) the studies in {work / 'studies'} ...", file=sys.stderr)
     csvs = make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
-                                  n_scans=args.scans,
-                                  progress=lambda done, total: print(f"studies ready: {done}/{total}", file=sys.stderr))
+                                  n_scans=args.scans)
     print(f"{len(csvs)} studies ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     registration, segmenter = make_registration(args.registration), make_segmenter(args.segmentation)
     all_rows = []

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (study.csv, truth.json, images, label maps)")
     parser.add_argument("--scans", type=int, default=4, help="number of scans including the baseline (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--difficulty", default="medium", choices=list(LEVELS), help="perturbation size (default medium)")
+    parser.add_argument("--difficulty", default="medium", choices=list(LEVELS),
+                        help="size of motion, deformation and growth (default medium)")
     parser.add_argument("--patient-id", default=None, help="patient id written to study.csv")
 
 

@@ -34,6 +34,9 @@ class Registration(ABC):
         computation (e.g. a symmetric network) override this so the cache stores the reverse too."""
         return self.register(source, target), None
 
+    def forget(self, scan_id: str) -> None:
+        """Drop any per-scan cache held for ``scan_id`` (e.g. downsampled images)."""
+
 
 def as_points(points: np.ndarray) -> np.ndarray:
     """Validate and reshape points to a float (N, 3) array."""

@@ -86,19 +86,22 @@ class SitkRegistration(Registration):
 
     name = "sitk"
 
-    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(60, 30), smoothing_mm: float = 8.0,
-                 window=(-1000.0, 500.0), threads: int | None = None, seed: int = 1):
+    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(60, 30),
+                 smoothing_mm: float = 8.0, window=(-1000.0, 500.0), threads: int | None = None, seed: int = 1,
+                 threshold_hu: float = 0.0):
         if deformable not in ("demons", "diffeomorphic", "none"):
             raise InputError(f"sitk registration: unknown deformable={deformable!r}; use demons, diffeomorphic or none")
+        smoothing = np.broadcast_to(np.asarray(smoothing_mm, dtype=float), (len(spacing_mm),))
         if len(spacing_mm) != len(iterations) or not spacing_mm:
             raise InputError("sitk registration: give one iteration count per demons level (spacing_mm)")
         self.deformable = deformable
         self.spacing_mm = tuple(float(s) for s in spacing_mm)
         self.iterations = tuple(int(n) for n in iterations)
-        self.smoothing_mm = float(smoothing_mm)
+        self.smoothing_mm = tuple(float(v) for v in smoothing)
         self.window = (float(window[0]), float(window[1]))
         self.threads = threads
         self.seed = int(seed)
+        self.threshold_hu = float(threshold_hu)
         self._pyramids: dict[str, tuple[np.ndarray, dict[float, sitk.Image]]] = {}
 
     # ---- preprocessing -------------------------------------------------------------------------
@@ -202,7 +205,7 @@ class SitkRegistration(Registration):
         """Multi-level demons displacement field on the finest source level's grid (fixed = source),
         restricted to the LPS box ``box_lps`` (2, 3) around the source body."""
         field = None
-        for spacing, iterations in zip(self.spacing_mm, self.iterations):
+        for spacing, iterations, sigma in zip(self.spacing_mm, self.iterations, self.smoothing_mm):
             fixed = _crop_to_box(self._level(source, spacing), box_lps)
             moving, _ = self._aligned(fixed, self._level(target, spacing), affine)
             if field is None:
@@ -213,7 +216,8 @@ class SitkRegistration(Registration):
             demons = (sitk.DiffeomorphicDemonsRegistrationFilter() if self.deformable == "diffeomorphic"
                       else sitk.FastSymmetricForcesDemonsRegistrationFilter())
             demons.SetNumberOfIterations(iterations)
-            demons.SetStandardDeviations([self.smoothing_mm / s for s in fixed.GetSpacing()])
+            demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))
+            demons.SetStandardDeviations([sigma / s for s in fixed.GetSpacing()])
             field = demons.Execute(fixed, moving, field)
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
             raise LinGuinEError("the demons displacement field diverged")

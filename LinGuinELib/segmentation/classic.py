@@ -1,20 +1,24 @@
 """``classic`` segmentation: a click-seeded CT lesion segmenter with no model weights (CPU only).
 
-Voxel points are ``(k, j, i)`` indices; every length below is in millimetres and every distance is
-spacing-aware (thick slices stay thick). One call, for the first positive point (the seed):
+Input: a CT in Hounsfield units and voxel points in ``(k, j, i)`` order. Every length below is in
+millimetres and every distance spacing-aware (5 mm slices stay 5 mm apart). Each positive point is
+segmented on its own and the results are united:
 
-1. Crop around the seed and smooth lightly in-plane.
-2. If the seed sits in air-containing surroundings (lung), move it into the dense core nearby
-   (the most central voxel of the dense class within a few mm): a seed carried onto a small
-   lesion often lands on its partial-volume rim. A seed with no dense tissue near it gives an
-   empty mask.
-3. Cast rays from the seed: the intensities they meet give the lesion's window (half way between
-   the core value and the darker/brighter surroundings) and where they leave it, its radius.
-4. Candidate = voxels in the window, inside a ball of twice that radius; in lung, also inside the
-   pleural envelope (the lung air mask closed with a large ball), which cuts a tumour off the
-   chest wall, mediastinum or diaphragm it abuts.
-5. Negative points split the candidate by marker watershed; an opening cuts thin bridges (vessels),
-   the component under the positive points is kept, regrown to the window's edge and hole-filled.
+1. Crop around the point and smooth lightly in-plane.
+2. Lung surroundings: move the seed into the dense core nearby (a propagated seed often lands on a
+   small lesion's partial-volume rim); no dense tissue within a few mm gives an empty mask.
+3. Rays cast from the seed give the lesion's intensity window (half way from the core value to the
+   darker / brighter surroundings the rays meet) and its radius (median exit distance).
+4. Candidate = in-window voxels within twice that radius, inside a star-shaped bound traced from
+   the seed, grown slice to slice at most at 45 degrees; in lung also inside the pleural envelope
+   (lung air closed by a large ball), which cuts a tumour off the chest wall or mediastinum.
+5. Negative points split the candidate (at the neck, by cheapest paths); an opening cuts thin
+   bridges; the seed's component is regrown to the window's edge, hole-filled and capped at the
+   volume of a sphere 1.5 x the radius. A result whose boundary is mostly cut by these caps rather
+   than seen in the image is not a lesion: empty mask.
+6. Steps 3-5 run again from the result's interior centre (twice at most), so the result barely
+   depends on where in the lesion the point fell; the last result that passes step 5's test and
+   still reaches the seed is returned.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.segmentation import watershed
+from skimage.graph import MCP_Geometric
 
 from ..study import Scan
 from .base import Segmenter
@@ -33,68 +37,90 @@ AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outsi
 class ClassicSegmenter(Segmenter):
     """Ray-estimated intensity window + leak control + morphology; see the module docstring.
 
-    ``max_radius_mm``: the largest lesion radius looked for (rays stop there; the result never
-    reaches farther than twice the estimated radius, and never farther than this).
+    ``max_radius_mm``: the largest lesion radius looked for: rays stop there and the mask stays in
+    the box of +- (max_radius_mm + 2) mm around the point. ``n_rays``: rays cast to estimate the
+    window and radius. ``min_edge_fraction``: share of the mask's boundary that must be an image
+    edge (or pleura, or a negative point's share) rather than a cap.
     """
 
     name = "classic"
 
-    def __init__(self, max_radius_mm: float = 50.0, n_rays: int = 256):
+    def __init__(self, max_radius_mm: float = 50.0, n_rays: int = 256, min_edge_fraction: float = 0.7):
         self.max_radius_mm = float(max_radius_mm)
         self.n_rays = int(n_rays)
+        self.min_edge_fraction = float(min_edge_fraction)
 
     def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+        """Union of the lesions found under each positive point (each segmented on its own)."""
         out = np.zeros(scan.shape, dtype=bool)
-        sp = scan.spacing_kji
-        lo, hi = _box(positive, self.max_radius_mm + 2.0, sp, scan.shape)
-        crop = ndi.gaussian_filter(scan.array[_sl(lo, hi)].astype(np.float32), sigma=_smoothing(sp), mode="nearest")
-        seeds, negs = positive - lo, negative - lo
-        negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
-        seed = _relocate(crop, seeds[0], sp)
-        if seed is None:
-            return out
-        region = self._grow(scan, crop, lo, seed, seeds[1:], negs)
-        if region is None:
-            return out
-        # Once more from the region's interior centre, so that the result does not depend on where
-        # in the lesion the seed fell. Kept if it still covers the seed and grew at most 1.5 x.
-        centre = np.asarray(np.unravel_index(np.argmax(ndi.distance_transform_edt(region, sampling=sp)), region.shape))
-        if not np.array_equal(centre, seed):
-            again = self._grow(scan, crop, lo, centre, seeds[1:], negs)
-            if again is not None and again[tuple(seed)] and again.sum() <= 1.5 * region.sum():
-                region = again
-        out[_sl(lo, hi)] = region
+        for point in positive:
+            found = self._one(scan, point, negative)
+            if found is not None:
+                out[found[0]] |= found[1]
         return out
 
-    def _grow(self, scan, crop, crop_lo, seed, more, negs):
-        """Lesion mask on ``crop`` (smoothed scan[crop_lo:...]) for ``seed`` plus extra positive
-        voxels ``more`` and negative voxels ``negs`` (crop indices); None if nothing lesion-like."""
+    def _one(self, scan: Scan, point: np.ndarray, negative: np.ndarray):
+        """(box slices, mask within box) for one positive voxel, or None if nothing lesion-like."""
+        sp = scan.spacing_kji
+        lo, hi = _box(point[None], self.max_radius_mm + 2.0, sp, scan.shape)
+        crop = ndi.gaussian_filter(scan.array[_sl(lo, hi)].astype(np.float32), sigma=_smoothing(sp), mode="nearest")
+        negs = negative - lo
+        negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
+        seed = _relocate(crop, point - lo, sp)
+        grown = None if seed is None else self._grow(scan, crop, lo, seed, negs)
+        if grown is None:
+            return None
+        # Again from the region's interior centre (twice at most), so that the result does not depend
+        # on where in the lesion the seed fell; a pass must keep half of the previous region.
+        passes, seed0 = [grown], seed
+        for _ in range(2):
+            region = passes[-1][0]
+            centre = np.asarray(np.unravel_index(np.argmax(ndi.distance_transform_edt(region, sampling=sp)),
+                                                 region.shape))
+            if np.array_equal(centre, seed):
+                break
+            again = self._grow(scan, crop, lo, centre, negs)
+            if again is None or (again[0] & region).sum() < 0.5 * region.sum():
+                break
+            passes.append(again)
+            seed = centre
+        # The last pass whose boundary is mostly an image edge (not a cap) and that still reaches the
+        # seed (within 2 mm: a rim seed may sit just outside); none: nothing lesion-like is there.
+        near_seed = _dist_from(seed0, crop.shape, sp) <= 2.0
+        seen = [region for region, edge in passes if edge >= self.min_edge_fraction and (region & near_seed).any()]
+        return (_sl(lo, hi), seen[-1]) if seen else None
+
+    def _grow(self, scan, crop, crop_lo, seed, negs):
+        """(mask on ``crop``, edge fraction) for the lesion around ``seed``, away from negative voxels
+        ``negs`` (crop indices; ``crop`` is the smoothed ``scan.array`` from index ``crop_lo``), or
+        None if nothing bounded is there."""
         sp = scan.spacing_kji
         window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
         if window is None:
             return None
         cap = min(2.0 * radius + 2.0, self.max_radius_mm)
-        fg = np.vstack([seed, more])
-        lo, hi = _box(fg, cap + 1.0, sp, crop.shape)
-        sub, fg = crop[_sl(lo, hi)], fg - lo
-        candidate = (sub >= window[0]) & (sub <= window[1]) & (_dist_from(fg[0], sub.shape, sp) <= cap)
+        lo, hi = _box(seed[None], cap + 1.0, sp, crop.shape)
+        sub, seed = crop[_sl(lo, hi)], seed - lo
+        bounded = (sub >= window[0]) & (sub <= window[1])  # False where the lesion must end
         if lung:
             at = crop_lo + lo
-            envelope = _pleural_envelope(scan, at, crop_lo + hi, at + fg[0], window[0], radius, cap, sp)
-            if envelope[tuple(fg[0])]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
-                candidate &= envelope
-        candidate[tuple(fg.T)] = True
-        candidate &= _star_hull(candidate, fg[0], sp, cap)
-        candidate = _slice_cone(candidate, fg[0], sp)
+            envelope = _pleural_envelope(scan, at, crop_lo + hi, at + seed, window[0], radius, cap, sp)
+            if envelope[tuple(seed)]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
+                bounded &= envelope
+        candidate = bounded & (_dist_from(seed, sub.shape, sp) <= cap)
+        candidate[tuple(seed)] = True
+        candidate &= _star_hull(candidate, seed, sp, cap)
+        candidate = _slice_cone(candidate, seed, sp)
         negs = negs - lo
         negs = negs[np.all((negs >= 0) & (negs < sub.shape), axis=1)]
         if len(negs):
-            candidate &= _split_off(candidate, fg, negs, sp)
+            mine = _split_off(candidate, seed, negs, sp)
+            bounded &= mine | ~candidate  # where the negatives' share begins is an edge too
+            candidate &= mine
+        kept = _limit_volume(_keep_seeded(candidate, seed, radius, sp), seed, radius, sp)
         region = np.zeros(crop.shape, dtype=bool)
-        kept = _limit_volume(_keep_seeded(candidate, fg, radius, sp), fg, radius, sp)
         region[_sl(lo, hi)] = kept
-        print("EDGEFRAC", round(_edge_fraction(kept, (sub >= window[0]) & (sub <= window[1])), 3), "R", radius, "mL", kept.sum()*np.prod(sp)/1000)
-        return region
+        return region, _edge_fraction(kept, bounded)
 
 
 def _sl(lo, hi):
@@ -119,6 +145,7 @@ def _dist_from(point, shape, sp):
 
 
 def _ball_box(point, r_mm, sp, shape):
+    """Voxel box (lo, hi) of the ball of ``r_mm`` around ``point``, clipped to ``shape``."""
     lo = np.maximum(point - np.floor(r_mm / sp).astype(int), 0)
     hi = np.minimum(point + np.floor(r_mm / sp).astype(int) + 1, shape)
     return lo, hi
@@ -159,19 +186,19 @@ def _fibonacci_sphere(n):
 def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5, beyond_mm=5.0):
     """((lo, hi) HU window, median radius mm, lung context) from rays cast from ``seed``.
 
-    Core value = median within 2 mm of the seed. Starting from core +- 4 x its spread (100-200 HU),
+    Core value = median within 2 mm of the seed. Starting from core +- 4 x its spread (40-200 HU),
     each ray's exit is where it first leaves the window for 1 mm, and the extreme value within
-    ``beyond_mm`` past the exit is the surrounding it meets; the window then reaches half way to the median darker
-    (brighter) surrounding, if at least 10 % of rays meet one (twice). The radius is the median
-    exit distance; lung context = the darker surrounding is air. (None, 0, False) if the core is air
-    or most rays never leave the window (nothing bounded at the seed).
+    ``beyond_mm`` past the exit is the surrounding it meets; the window then reaches half way to the
+    median darker (brighter) surrounding, if at least 10 % of rays meet one (twice). The radius is
+    the median exit distance; lung context = the darker surrounding is air. (None, 0, False) if the
+    core is air or most rays never leave the window (nothing bounded at the seed).
     """
     lo, hi = _ball_box(seed, 2.0, sp, crop.shape)
     core = crop[_sl(lo, hi)][_dist_from(seed - lo, hi - lo, sp) <= 2.0]
     mu = float(np.median(core))
     if mu < AIR_HU:
         return None, 0.0, False
-    half = float(np.clip(4.0 * 1.4826 * np.median(np.abs(core - mu)), 100.0, 200.0))
+    half = float(np.clip(4.0 * 1.4826 * np.median(np.abs(core - mu)), 40.0, 200.0))
     low, high = mu - half, mu + half
     t = np.arange(0.0, max_radius + step, step)
     pts = seed[None, None, :] + _fibonacci_sphere(n_rays)[:, None, :] * t[None, :, None] / sp
@@ -219,7 +246,8 @@ def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.
     border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
     lung = air & ~np.isin(labels, border[border > 0])
     origin = np.r_[c_lo[0], (c_lo[1:] // stride[1:]) * stride[1:]]  # fine index of coarse voxel 0
-    box = (slice(None),) + tuple(slice(int(a // s), int(-(-b // s))) for a, b, s in zip(origin[1:], c_hi[1:], stride[1:]))
+    box = (slice(None),) + tuple(slice(int(a // s), int(-(-b // s)))
+                                 for a, b, s in zip(origin[1:], c_hi[1:], stride[1:]))
     air, lung = air[box], lung[box]
     near = _dist_from(np.rint((seed - origin) / stride).astype(int), lung.shape, csp) <= cap
     if not (lung & near).any():
@@ -245,7 +273,7 @@ def _star_hull(candidate, seed, sp, cap, n_polar=24, n_azim=48, step=0.5, grow=1
     dirs = np.stack([np.cos(p), np.sin(p) * np.sin(a), np.sin(p) * np.cos(a)], -1).reshape(-1, 3)
     t = np.arange(0.0, cap + step, step)
     pts = seed[None, None, :] + dirs[:, None, :] * t[None, :, None] / sp
-    inside = ndi.map_coordinates(candidate.astype(np.float32), pts.reshape(-1, 3).T, order=1, mode="constant")
+    inside = ndi.map_coordinates(candidate.astype(np.float32), pts.reshape(-1, 3).T, order=1, mode="grid-constant")
     run = max(int(round(1.0 / step)), 1)
     gap = ndi.minimum_filter1d((inside.reshape(len(dirs), len(t)) < 0.5).astype(np.uint8), run, axis=1,
                                origin=-(run // 2)).astype(bool)
@@ -254,7 +282,8 @@ def _star_hull(candidate, seed, sp, cap, n_polar=24, n_azim=48, step=0.5, grow=1
     grids = np.ogrid[tuple(slice(0, n) for n in candidate.shape)]
     dk, dj, di = [(g - c) * s for g, c, s in zip(grids, seed, sp)]
     dist = np.sqrt(dk ** 2 + dj ** 2 + di ** 2)
-    pb = np.minimum((np.arccos(np.clip(dk / np.maximum(dist, 1e-9), -1, 1)) / np.pi * n_polar).astype(int), n_polar - 1)
+    polar_of = np.arccos(np.clip(dk / np.maximum(dist, 1e-9), -1, 1))
+    pb = np.minimum((polar_of / np.pi * n_polar).astype(int), n_polar - 1)
     ab = ((np.arctan2(dj, di) % (2 * np.pi)) / (2 * np.pi) * n_azim).astype(int) % n_azim
     return dist <= reach[pb, ab]
 
@@ -275,51 +304,55 @@ def _slice_cone(candidate, seed, sp):
     return out
 
 
-def _limit_volume(region, seeds, radius, sp, factor=1.5):
-    """``region`` trimmed to the ball around ``seeds[0]`` that leaves it no larger than a sphere of
+def _limit_volume(region, seed, radius, sp, factor=1.5):
+    """``region`` trimmed to the ball around ``seed`` that leaves it no larger than a sphere of
     ``factor`` x the estimated radius (a leak, not a lesion, makes it larger); seeded part kept."""
     limit = 4.0 / 3.0 * np.pi * (factor * radius) ** 3 / np.prod(sp)
     if region.sum() <= limit:
         return region
-    dist = _dist_from(seeds[0], region.shape, sp)
+    dist = _dist_from(seed, region.shape, sp)
     reach = np.sort(dist[region])[int(limit) - 1]
-    labels, _ = ndi.label(region & (dist <= reach))
-    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
-    return np.isin(labels, list(ids))
+    return _component_at(region & (dist <= reach), seed)
+
+
+def _component_at(mask, seed):
+    """The connected component of ``mask`` holding voxel ``seed`` (empty if it is not in the mask)."""
+    labels, _ = ndi.label(mask)
+    return labels == labels[tuple(seed)] if labels[tuple(seed)] else np.zeros_like(mask)
 
 
 def _edge_fraction(region, in_window):
-    """Share of the region's boundary voxels that touch a voxel outside the intensity window."""
+    """Share of the region's boundary voxels that touch a voxel outside ``in_window`` (the intensity
+    window, pleural envelope and negative points' share): edges the image shows, not caps."""
     boundary = region & ~ndi.binary_erosion(region, border_value=1)
     if not boundary.any():
         return 0.0
-    edge = boundary & ndi.binary_dilation(~in_window, border_value=0)
+    solid = ndi.binary_opening(~in_window, np.ones((1, 3, 3), bool))  # not specks of noise
+    edge = boundary & ndi.binary_dilation(solid, border_value=0)
     return float(edge.sum() / boundary.sum())
 
 
-def _split_off(candidate, fg, bg, sp):
-    """Candidate voxels that marker watershed (on -distance to the candidate's edge) gives to ``fg``."""
-    markers = np.zeros(candidate.shape, dtype=np.int32)
-    markers[tuple(bg.T)] = 2
-    markers[tuple(fg.T)] = 1
+def _split_off(candidate, seed, negs, sp):
+    """Candidate voxels nearer to ``seed`` than to any negative voxel, along paths inside the
+    candidate whose cost per mm is 1 / depth (mm from the candidate's edge): thin parts are dear,
+    so the split falls on the neck between the lesion and what a negative click marks."""
+    negs = [tuple(n) for n in negs if candidate[tuple(n)]]
+    if not negs:
+        return candidate
     depth = ndi.distance_transform_edt(candidate, sampling=sp)
-    return watershed(-depth, markers, mask=candidate) == 1
+    cost = np.where(candidate, 1.0 / np.maximum(depth, sp.min()), np.inf)
+    to_seed = MCP_Geometric(cost, sampling=tuple(sp)).find_costs([tuple(seed)])[0]
+    to_neg = MCP_Geometric(cost, sampling=tuple(sp)).find_costs(negs)[0]
+    return candidate & (to_seed < to_neg)
 
 
-def _keep_seeded(candidate, seeds, radius, sp):
-    """Open (cut bridges thinner than ~0.5 x radius, 2-6 mm), keep the components under the seeds,
-    regrow them within the candidate by the opening radius, fill holes."""
+def _keep_seeded(candidate, seed, radius, sp):
+    """Open (cut bridges narrower than half the radius, at least 2 mm), keep the component at the
+    seed, regrow it within the candidate by the opening radius, fill holes."""
     r_open = float(np.clip(0.25 * radius, 1.0, 8.0))
     inner = ndi.distance_transform_edt(candidate, sampling=sp) > r_open
-    opened = ndi.distance_transform_edt(~inner, sampling=sp) <= r_open
-    labels, _ = ndi.label(opened)
-    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
-    if not ids:
-        labels, _ = ndi.label(candidate)
-        ids = {int(labels[tuple(s)]) for s in seeds} - {0}
-        return ndi.binary_fill_holes(np.isin(labels, list(ids))) if ids else np.zeros_like(candidate)
-    kept = np.isin(labels, list(ids))
+    kept = _component_at(ndi.distance_transform_edt(~inner, sampling=sp) <= r_open, seed)
+    if not kept.any():  # thinner than the opening everywhere near the seed: keep it unopened
+        return ndi.binary_fill_holes(_component_at(candidate, seed))
     grown = candidate & (ndi.distance_transform_edt(~kept, sampling=sp) <= r_open + sp.min())
-    labels, _ = ndi.label(grown)
-    ids = {int(labels[tuple(s)]) for s in seeds} - {0}
-    return ndi.binary_fill_holes(np.isin(labels, list(ids)))
+    return ndi.binary_fill_holes(_component_at(grown, seed))

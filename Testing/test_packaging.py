@@ -1,0 +1,21 @@
+"""The pip package ships every engine sub-package and the model catalogue; the engine stays Slicer-free."""
+
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_engine_package_is_listed_in_pyproject():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "LinGuinELib").rglob("__init__.py")}
+    assert on_disk <= set(config["packages"])
+    assert config["package-dir"]["LinGuinELib.Resources"] == "Resources"
+    assert (REPO / "Resources" / "models.json").is_file()
+
+
+def test_engine_never_imports_slicer_qt_ctk_or_vtk():
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|PythonQt|mrml)\b", re.M)
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "LinGuinELib").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
