@@ -38,9 +38,15 @@ def scan_of(image, scan_id, label=None, day=1):
 
 
 def warped(image, label, transform):
-    """Target made from the source: target(y) = source(transform(y)) (resampling convention)."""
-    return (sitk.Resample(image, image, transform, sitk.sitkLinear, -1024.0),
-            sitk.Resample(label, label, transform, sitk.sitkNearestNeighbor, 0))
+    """Target made from the source: target(y) = source(transform(y)) (resampling convention), without
+    its 3 end slices at each end (a scanner's field of view has no padded wedges)."""
+    return (sitk.Resample(image, image, transform, sitk.sitkLinear, -1024.0)[:, :, 3:-3],
+            sitk.Resample(label, label, transform, sitk.sitkNearestNeighbor, 0)[:, :, 3:-3])
+
+
+def assert_accurate(errors):
+    """Lesion centre (first point) within 1 mm; the body lattice: median < 1 mm, 90 % < 2 mm."""
+    assert errors[0] < 1.0 and np.median(errors) < 1.0 and np.percentile(errors, 90) < 2.0, np.round(errors, 2)
 
 
 def probe_points(source: Scan) -> np.ndarray:
@@ -72,8 +78,7 @@ def test_recovers_rigid_motion_in_the_right_direction(small_ct, backend):
     points = probe_points(source)
     expected = truth(motion, points)
     mapped = backend.register(source, target)(points)
-    errors = np.linalg.norm(mapped - expected, axis=1)
-    assert np.median(errors) < 1.0 and errors.max() < 2.0, errors
+    assert_accurate(np.linalg.norm(mapped - expected, axis=1))
     # an inverted map would send points the other way: twice the motion away from the truth
     inverted = np.array([motion.TransformPoint(tuple(p)) for p in points])
     assert np.all(np.linalg.norm(mapped - inverted, axis=1) > 8.0)
@@ -93,8 +98,7 @@ def test_recovers_smooth_deformation_and_agrees_with_image_warp(small_ct, backen
     no_registration = np.linalg.norm(points - expected, axis=1)
     assert np.median(no_registration) > 4.0  # the test is not trivially passed
     point_map = backend.register(source, target)
-    errors = np.linalg.norm(point_map(points) - expected, axis=1)
-    assert np.median(errors) < 1.0 and errors.max() < 2.0, errors
+    assert_accurate(np.linalg.norm(point_map(points) - expected, axis=1))
     # image warp with the same transform: the target lesion lands on the source lesion
     back = sitk.GetArrayFromImage(sitk.Resample(target_label, image, point_map.transform, sitk.sitkNearestNeighbor, 0))
     src = source.label > 0

@@ -80,15 +80,17 @@ class SitkRegistration(Registration):
     Options: ``deformable`` ("demons" = fast symmetric forces, "diffeomorphic", or "none" for affine
     only); ``spacing_mm`` the in-plane grid spacings of the demons levels, coarse to fine;
     ``iterations`` demons iterations per level; ``smoothing_mm`` Gaussian regularisation of the
-    displacement field; ``window`` the HU clamp; ``threads`` SimpleITK threads (None = all cores);
-    ``seed`` for the metric's random sampling (runs are reproducible).
+    displacement field (one value, or one per level); ``threshold_hu`` intensity differences below which
+    a voxel exerts no demons force (keeps CT noise from driving the field); ``window`` the HU clamp;
+    ``threads`` SimpleITK threads (None = all cores); ``seed`` for the metric's random sampling (runs
+    are reproducible).
     """
 
     name = "sitk"
 
     def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(60, 30),
-                 smoothing_mm: float = 8.0, window=(-1000.0, 500.0), threads: int | None = None, seed: int = 1,
-                 threshold_hu: float = 0.0):
+                 smoothing_mm=4.0, threshold_hu: float = 25.0, window=(-1000.0, 500.0), threads: int | None = None,
+                 seed: int = 1):
         if deformable not in ("demons", "diffeomorphic", "none"):
             raise InputError(f"sitk registration: unknown deformable={deformable!r}; use demons, diffeomorphic or none")
         smoothing = np.broadcast_to(np.asarray(smoothing_mm, dtype=float), (len(spacing_mm),))
@@ -216,7 +218,7 @@ class SitkRegistration(Registration):
             demons = (sitk.DiffeomorphicDemonsRegistrationFilter() if self.deformable == "diffeomorphic"
                       else sitk.FastSymmetricForcesDemonsRegistrationFilter())
             demons.SetNumberOfIterations(iterations)
-            demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))
+            demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))  # ITK default: 1e-3
             demons.SetStandardDeviations([sigma / s for s in fixed.GetSpacing()])
             field = demons.Execute(fixed, moving, field)
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
