@@ -73,3 +73,14 @@ def fake_backends(monkeypatch):
     from LinGuinELib import backends
 
     monkeypatch.setitem(backends.SEGMENTERS, "threshold", ("fakes", "ThresholdSegmenter"))
+
+
+def local_weights(model_id: str):
+    """Path of real model weights found offline ($LINGUINE_WEIGHTS or the cache), else None."""
+    from LinGuinELib.errors import InputError
+    from LinGuinELib.models import ModelManager
+
+    try:
+        return ModelManager(offline=True).locate_local(model_id)
+    except InputError:
+        return None

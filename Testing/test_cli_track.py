@@ -119,3 +119,41 @@ def test_label_map_file_names_are_safe_and_unique():
     names = label_map_names(["CT 2020/01/01", "CT 2020_01_01", "../x", "ok-1"])
     assert names == {"CT 2020/01/01": "CT_2020_01_01.nii.gz", "CT 2020_01_01": "CT_2020_01_01_2.nii.gz",
                      "../x": "x.nii.gz", "ok-1": "ok-1.nii.gz"}
+
+
+def _break_one_scan(csv_path, how):
+    """Damage a written study in one of the ways a user's data can be wrong."""
+    folder = csv_path.parent
+    if how == "one scan":
+        lines = csv_path.read_text().splitlines()
+        csv_path.write_text("\n".join(lines[:2]) + "\n")
+    elif how == "duplicate ids":
+        csv_path.write_text(csv_path.read_text().replace("p1,t2,", "p1,t1,"))
+    elif how == "bad date":
+        csv_path.write_text(csv_path.read_text().replace("2020-03-01", "soon"))
+    elif how == "nan image":
+        img = sitk.ReadImage(str(folder / "t1.nii.gz"))
+        arr = sitk.GetArrayFromImage(img)
+        arr[0, 0, 0] = np.nan
+        bad = sitk.GetImageFromArray(arr)
+        bad.CopyInformation(img)
+        sitk.WriteImage(bad, str(folder / "t1.mha"))  # ITK's NIfTI writer would turn NaN into 0
+        csv_path.write_text(csv_path.read_text().replace(",t1.nii.gz,", ",t1.mha,"))
+    elif how == "label on another grid":
+        lab = sitk.ReadImage(str(folder / "t1_label.nii.gz"))
+        lab.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(lab, str(folder / "t1_label.nii.gz"))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("one scan", "at least 2 scans, got 1"), ("duplicate ids", "duplicate scan id 't1'"),
+    ("bad date", "cannot read date 'soon'"), ("nan image", "t1.mha): image contains NaN"),
+    ("label on another grid", "t1_label.nii.gz: geometry does not match"),
+])
+def test_bad_studies_exit_2_with_a_named_error_and_no_output(study_csv, tmp_path, capsys, how, message):
+    _break_one_scan(study_csv, how)
+    out = tmp_path / "out"
+    rc = main(["track", str(study_csv), "--source", "t0", "--point-ijk", "20", "20", "10", "--out", str(out)] + FAST)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -9,6 +9,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from conftest import local_weights
+
 torch = pytest.importorskip("torch", reason="deep-learning extra not installed (pip install '.[gpu]')")
 pytest.importorskip("unigradicon", reason="deep-learning extra not installed (pip install '.[gpu]')")
 
@@ -174,16 +176,9 @@ def test_instance_optimisation_restores_the_weights(random_weights, tmp_path, sc
     assert all(torch.equal(before[k], after[k]) for k in before)  # ... and its weights came back
 
 
-def real_weights():
-    try:
-        return ModelManager(offline=True).locate_local("unigradicon")
-    except InputError:
-        return None
-
-
 @pytest.mark.slow
 @pytest.mark.weights
-@pytest.mark.skipif(real_weights() is None, reason="needs the uniGradICON weights: set LINGUINE_WEIGHTS to "
+@pytest.mark.skipif(local_weights("unigradicon") is None, reason="needs the uniGradICON weights: set LINGUINE_WEIGHTS to "
                                                    "Step_2_final.trch or a folder holding unigradicon/Step_2_final.trch")
 def test_real_weights_recover_a_known_shift(ct_dir):
     full = Scan.from_sitk(sitk.ReadImage(str(ct_dir / "lung2_image.nrrd")), "a", dt.datetime(2020, 1, 1),

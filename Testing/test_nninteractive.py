@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import local_weights
+
 pytest.importorskip("torch", reason="deep-learning extra not installed (pip install '.[gpu]')")
 pytest.importorskip("nnInteractive", reason="deep-learning extra not installed (pip install '.[gpu]')")
 
@@ -163,17 +165,9 @@ def test_track_unigradicon_nninteractive_end_to_end(model_root, tmp_path, ct_dir
         assert include and all(0 <= c < n for c, n in zip(coordinates, shape))
 
 
-def real_weights_folder():
-    manager = ModelManager(offline=True)
-    try:
-        return manager.locate_local("nninteractive")
-    except InputError:
-        return None
-
-
 @pytest.mark.slow
 @pytest.mark.weights
-@pytest.mark.skipif(real_weights_folder() is None, reason="needs the nnInteractive v1.0 weights: set LINGUINE_WEIGHTS "
+@pytest.mark.skipif(local_weights("nninteractive") is None, reason="needs the nnInteractive v1.0 weights: set LINGUINE_WEIGHTS "
                                                           "to a folder holding nninteractive/nnInteractive_v1.0")
 def test_real_weights_segment_the_lung2_tumour(ct_dir, tmp_path):
     scan = Scan.from_sitk(sitk.ReadImage(str(ct_dir / "lung2_image.nrrd")), "lung2", dt.datetime(2020, 1, 1),
