@@ -6,6 +6,7 @@ no heavy package: the engine and its dependencies are loaded on first use, after
 Tracking runs on one persistent worker thread; its results are applied to the scene on the main thread.
 """
 
+import importlib
 import logging
 import os
 import pathlib
@@ -621,8 +622,8 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
             if torchUtils.installTorch(askConfirmation=False, torchVersionRequirement=plan.TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch could not be installed; install it from the PyTorch module and try again")
         if missing:
-            import slicer.packaging
-
+            importlib.import_module("slicer.packaging")  # a plain "import slicer.packaging" here would make
+            # "slicer" local to this method and break the slicer.util calls above
             slicer.packaging.pip_ensure([r for f in files for r in slicer.packaging.load_requirements(str(f))],
                                         skip_packages=list(plan.NEVER_INSTALL), prompt_install=False,
                                         prompt_restart=True, requester="LinGuinE", skip_in_testing=False)

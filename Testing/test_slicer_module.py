@@ -303,3 +303,20 @@ def test_the_targeted_release_is_the_one_the_docs_name():
         text = doc.read_text()
         if "Slicer" in text:
             assert f"Slicer {API['release']}" in text, f"{doc.name} does not name Slicer {API['release']}"
+
+
+def test_no_function_rebinds_slicer_qt_or_vtk_as_a_local_name():
+    """``import slicer.packaging`` inside a method makes ``slicer`` local to the whole method, so an earlier
+    ``slicer.util`` call raises UnboundLocalError at run time, in Slicer only."""
+    import ast
+
+    tree = ast.parse((REPO / "LinGuinE" / "LinGuinE.py").read_text())
+    offenders = []
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(func):
+                if isinstance(node, ast.Import):
+                    bound = {(a.asname or a.name).split(".")[0] for a in node.names}
+                    if bound & {"slicer", "qt", "vtk", "ctk"}:
+                        offenders.append(f"{func.name}:{node.lineno}")
+    assert offenders == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..study import Scan
 from .base import PointMap, Registration, as_points
