@@ -78,8 +78,7 @@ def percent_changes(volumes: list[float | None]) -> list[tuple[float | None, flo
             baseline = v
             out.append((0.0, 0.0))
         else:
-            pct = lambda ref: 100.0 * (v - ref) / ref if ref > 0 else None
-            out.append((pct(baseline), pct(nadir)))
+            out.append(tuple(100.0 * (v - ref) / ref if ref > 0 else None for ref in (baseline, nadir)))
         nadir = v if nadir is None else min(nadir, v)
     return out
 
