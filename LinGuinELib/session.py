@@ -166,11 +166,12 @@ class TrackingSession:
         for key in (reg_key, seg_key):
             if key not in self._backends:
                 self._backends[key] = self._factory(key[0], key[1], dict(options))
-        tracker = Tracker(self.study, self._backends[reg_key], self._backends[seg_key], boost=settings.boost,
-                          chain=settings.chain, radius_mm=settings.radius_mm, progress=self._report,
-                          cancel=self.cancel_event.is_set)
-        tracker.cache = self._caches.setdefault(reg_key, tracker.cache)
-        return tracker
+        registration = self._backends[reg_key]
+        if reg_key not in self._caches:
+            self._caches[reg_key] = RegistrationCache(registration)
+        return Tracker(self.study, registration, self._backends[seg_key], boost=settings.boost,
+                       chain=settings.chain, radius_mm=settings.radius_mm, progress=self._report,
+                       cancel=self.cancel_event.is_set, cache=self._caches[reg_key])
 
     def registrations_computed(self) -> int:
         return sum(c.computed for c in self._caches.values())

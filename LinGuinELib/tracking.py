@@ -159,17 +159,17 @@ class TrackingResult:
 class Tracker:
     """Tracks lesions through one study with one registration and one segmentation backend.
 
-    Keep one Tracker per study: its registration cache makes every further lesion cost only
-    segmentation. ``progress(message, done, total)`` is called before each step; ``cancel()``
+    Keep one Tracker per study (or pass the same ``cache`` to each): its registration cache makes every
+    further lesion cost only segmentation. ``progress(message, done, total)`` is called before each step; ``cancel()``
     returning True stops the run with :class:`TrackingCancelled` between steps.
     """
 
     def __init__(self, study: Study, registration: Registration, segmenter: Segmenter, *, boost: bool = False,
                  chain: bool = False, radius_mm: float = 10.0, progress: Progress | None = None,
-                 cancel: Callable[[], bool] | None = None):
+                 cancel: Callable[[], bool] | None = None, cache: RegistrationCache | None = None):
         self.study = study
         self.registration = registration
-        self.cache = RegistrationCache(registration)
+        self.cache = cache if cache is not None else RegistrationCache(registration)
         self.segmenter = segmenter
         self.boost, self.chain, self.radius_mm = boost, chain, float(radius_mm)
         self.progress = progress or (lambda message, done, total: None)
