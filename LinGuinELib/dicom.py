@@ -55,7 +55,8 @@ SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Series
                "FrameOfReferenceUID", "Modality", "Manufacturer")
 
 
-def _stderr(message: str) -> None:
+def log_stderr(message: str) -> None:
+    """Default log sink of the DICOM readers and writers: one line on stderr."""
     print(message, file=sys.stderr)
 
 
@@ -297,7 +298,7 @@ def _scan_ids(chosen: list[tuple[_Series, dt.datetime]]) -> list[str]:
     return ids
 
 
-def load_dicom_study(folder: str | os.PathLike, log=_stderr) -> Study:
+def load_dicom_study(folder: str | os.PathLike, log=log_stderr) -> Study:
     """One patient's DICOM folder (nested allowed) -> Study with one timepoint per DICOM study."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -16,7 +16,6 @@ segment numbers as values. Overlapping segments are rejected (a label map cannot
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from . import __version__
 from .atomic import staged_outputs
+from .dicom import log_stderr
 from .errors import InputError
 from .lesion import Lesion
 from .output import safe_filename
@@ -38,10 +38,6 @@ CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
 PROPERTY_TYPE = codes.SCT.Neoplasm  # the same SNOMED CT type the Slicer module sets on segments
 ALGORITHM_NAME = "LinGuinE"
 MAX_IDS_IN_NAME = 6
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _dicom_meta(scan: Scan) -> dict:
@@ -228,7 +224,7 @@ def _label_map(seg_path, ds, seg, scan: Scan, segment_numbers, log) -> np.ndarra
     return out
 
 
-def seg_to_label_map(seg_path, scan: Scan, segment_numbers=None, log=_stderr) -> np.ndarray:
+def seg_to_label_map(seg_path, scan: Scan, segment_numbers=None, log=log_stderr) -> np.ndarray:
     """A SEG resampled onto ``scan``'s grid by geometry: int32 ``[k, j, i]``, segment numbers as values."""
     ds, seg = _read_seg(seg_path)
     return _label_map(seg_path, ds, seg, scan, segment_numbers, log)
@@ -254,7 +250,7 @@ def seg_lesions(seg_path) -> dict[int, Lesion]:
     return lesions
 
 
-def read_seg_prompt(seg_path, study: Study, lesion_id: int | None = None, log=_stderr) -> tuple[str, np.ndarray]:
+def read_seg_prompt(seg_path, study: Study, lesion_id: int | None = None, log=log_stderr) -> tuple[str, np.ndarray]:
     """(scan id, int32 label map ``[k, j, i]`` on that scan's grid, segment numbers as values) for a SEG
     that references one of ``study``'s series; ``lesion_id`` keeps only that segment number."""
     ds, seg = _read_seg(seg_path)

@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 
 from .atomic import atomic_path
 from .errors import LinGuinEError
+from .models import sha256_of
 
 SDIST = "pyradiomics-3.0.1.tar.gz"
 SDIST_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
@@ -53,14 +54,6 @@ def candidate_dirs() -> list[Path]:
 
 def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _urlopen(url: str) -> bytes:
@@ -116,7 +109,7 @@ def extract_files(archive: Path, dest: Path, expected: dict[str, str | None] | N
             with atomic_path(dest / name) as tmp:
                 with tar.extractfile(member) as src, open(tmp, "wb") as out:
                     shutil.copyfileobj(src, out)
-                if expected[name] and _sha256(tmp) != expected[name]:
+                if expected[name] and sha256_of(tmp) != expected[name]:
                     raise LinGuinEError(f"{archive}: data/{name} does not match its known SHA-256")
             written.append(dest / name)
     return written
