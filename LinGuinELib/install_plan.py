@@ -25,7 +25,7 @@ TORCH_REQUIREMENT = ">=2.1.2,!=2.9.*,<2.15"
 TORCH_APPROX_MB = 4600  # CUDA build on Linux, measured; CPU-only builds are several times smaller
 
 APPROX_INSTALLED_MB = {
-    "connected-components-3d": 19, "scikit-image": 54, "tqdm": 1, "scipy": 143, "pydicom": 10,
+    "connected-components-3d": 19, "scikit-image": 54, "tqdm": 1, "filelock": 1, "scipy": 143, "pydicom": 10,
     "highdicom": 36, "unigradicon": 1740, "icon-registration": 1740, "nninteractive": 500,
 }
 

@@ -14,6 +14,9 @@
 * Local weights: ``--weights PATH`` / ``$LINGUINE_WEIGHTS`` (several paths joined by ``os.pathsep``). A file
   is taken as a single-file model's weights; a folder is searched for ``<id>/<path>``, ``<path>`` or, for
   folder models, the model folder itself. Local files are never modified or deleted.
+* One model's cache folder is changed by one process at a time: a file lock (``<cache>/models/.<id>.lock``)
+  makes a second LinGuinE or Slicer process wait for the first one's download instead of writing the same
+  ``.part`` file; the waiting one says so on stderr and through ``progress`` (returning ``False`` cancels).
 * ``$LINGUINE_OFFLINE=1`` forbids downloads. A failed or forbidden download raises a
   :class:`~LinGuinEError` naming each URL and the exact path where the file may be placed by hand.
 * Models whose license must be shown (nnInteractive's CC BY-NC-SA 4.0) go through ``acknowledge(spec)``
@@ -36,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock, Timeout
 
 from . import __version__
 from .errors import InputError, LinGuinEError, TrackingCancelled
@@ -176,7 +181,7 @@ class _Incomplete(Exception):
 
 
 class ModelManager:
-    """Finds, downloads and verifies model weights. Thread-safe (one download at a time per manager)."""
+    """Finds, downloads and verifies model weights. Thread-safe, and safe across processes sharing a cache."""
 
     def __init__(self, home: str | os.PathLike | None = None, catalogue: dict[str, ModelSpec] | None = None,
                  progress: Progress | None = None, acknowledge: Callable[[ModelSpec], bool] | None = None,
@@ -235,7 +240,7 @@ class ModelManager:
             return local
         spec = self.spec(model_id)
         folder = self.model_dir(model_id)
-        with self._lock:
+        with self._exclusive(spec):
             missing = [f for f in spec.files if not self._usable(folder, f)]
             if missing:
                 self._download_files(spec, folder, missing)
@@ -273,7 +278,7 @@ class ModelManager:
     def record(self, model_id: str) -> None:
         """Record the sha256 of the cached files of ``model_id`` (call after they loaded successfully)."""
         spec, folder = self.spec(model_id), self.model_dir(model_id)
-        with self._lock:
+        with self._exclusive(spec):
             records = self._records(folder)
             for f in spec.files:
                 target = folder / f.path
@@ -284,7 +289,7 @@ class ModelManager:
     def discard(self, model_id: str) -> None:
         """Delete the cached files (and records) of ``model_id``."""
         spec, folder = self.spec(model_id), self.model_dir(model_id)
-        with self._lock:
+        with self._exclusive(spec):
             for f in spec.files:
                 with contextlib.suppress(FileNotFoundError):
                     (folder / f.path).unlink()
@@ -292,6 +297,29 @@ class ModelManager:
                 (folder / SHA_RECORD).unlink()
 
     # -- internals --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _exclusive(self, spec: ModelSpec):
+        """Hold this manager's lock and the cross-process file lock of ``spec``'s cache folder."""
+        path = self.home / "models" / f".{spec.id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            lock = FileLock(str(path))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                message = f"{spec.id}: waiting for another process that is downloading into {self.model_dir(spec.id)}"
+                print(f"linguine: {message}", file=sys.stderr)
+                while True:
+                    if self.progress is not None and self.progress(message, 0, 0) is False:
+                        raise TrackingCancelled(f"{spec.name}: cancelled while {message}") from None
+                    with contextlib.suppress(Timeout):
+                        lock.acquire(timeout=0.5)
+                        break
+            try:
+                yield
+            finally:
+                lock.release()
+
     def _records(self, folder: Path) -> dict:
         try:
             return json.loads((folder / SHA_RECORD).read_text(encoding="utf-8"))

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ class Server:
         self.files = {"/w.bin": PAYLOAD, "/model/plans.json": SMALL, "/model/fold_0/ckpt.pth": PAYLOAD[:5000]}
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after, self.cuts, self.ranges = 0, 0, True
+        self.seconds_per_mib = 0.0  # > 0: send slowly, in 64 kiB pieces
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,7 +57,10 @@ class Server:
                     server.cuts -= 1
                     chunk = chunk[:server.cut_after]
                     self.close_connection = True
-                self.wfile.write(chunk)
+                piece = 1 << 16
+                for i in range(0, len(chunk), piece):
+                    self.wfile.write(chunk[i:i + piece])
+                    time.sleep(server.seconds_per_mib * piece / 2**20)
 
             def log_message(self, *args):
                 pass
@@ -134,6 +142,52 @@ def test_cancel_from_the_progress_callback_keeps_the_partial_file(tmp_path, serv
     part = tmp_path / "cache" / "models" / "single" / "w.bin.part"
     assert 0 < part.stat().st_size < len(PAYLOAD)
     assert not part.with_name("w.bin").exists()
+
+
+CHILD = """
+import sys
+from LinGuinELib.models import ModelManager, load_catalogue
+m = ModelManager(home=sys.argv[1], catalogue=load_catalogue(sys.argv[2]), acknowledge=lambda spec: True,
+                 progress=lambda message, done, total: None)
+print(m.ensure("single"))
+"""
+
+
+def test_two_processes_share_one_download(tmp_path, server):
+    """A second process (another CLI run, or Slicer) waits for the first one's download instead of
+    writing the same .part file, then uses the finished file."""
+    server.seconds_per_mib = 3.0
+    spec = catalogue(server.url)["single"]
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"models": [{
+        "id": spec.id, "name": spec.name, "license": spec.license, "license_url": spec.license_url, "path": spec.path,
+        "files": [{"path": f.path, "urls": list(f.urls), "bytes": f.bytes} for f in spec.files]}]}))
+    run = lambda: subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run()
+    deadline = time.monotonic() + 60
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run()  # starts while the first is downloading
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    final = tmp_path / "cache" / "models" / "single" / "w.bin"
+    assert [out.strip() for out, _ in outs] == [str(final)] * 2
+    assert final.read_bytes() == PAYLOAD and not final.with_name("w.bin.part").exists()
+    assert server.requests == [("/w.bin", None)]  # one download, never two writers on one .part
+    assert "waiting for another process that is downloading" in outs[1][1]
+
+
+def test_waiting_for_another_download_can_be_cancelled(tmp_path, server):
+    from filelock import FileLock
+
+    seen = []
+    m = manager(tmp_path, server, progress=lambda msg, done, total: seen.append(msg) or len(seen) < 3)
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    with FileLock(str(tmp_path / "cache" / "models" / ".single.lock")):  # "another process" is downloading
+        with pytest.raises(TrackingCancelled, match="waiting for another process"):
+            m.ensure("single")
+    assert len(seen) == 3 and not server.requests
 
 
 def test_corrupted_cached_file_is_detected_and_downloaded_again(tmp_path, server, capsys):
