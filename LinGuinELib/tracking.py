@@ -79,7 +79,7 @@ def interior_centre(mask: np.ndarray, scan: Scan) -> np.ndarray:
     ties = np.argwhere(np.isclose(dist, best, rtol=1e-6, atol=1e-9))
     offset = np.array([s.start for s in box]) - 1
     ties_kji = ties + offset
-    com = np.array(ndimage.center_of_mass(mask))
+    com = np.array(ndimage.center_of_mass(crop)) + offset  # on the crop: a full-scan pass costs ~0.1 s
     d2 = (((ties_kji - com) * scan.spacing_kji) ** 2).sum(axis=1)
     return scan.kji_to_lps(ties_kji[int(np.argmin(d2))].reshape(1, 3))[0]
 
