@@ -3,10 +3,12 @@ corruption detection through recorded sha256, offline errors, license notice, ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -30,7 +32,7 @@ class Server:
         self.files = {"/w.bin": PAYLOAD, "/model/plans.json": SMALL, "/model/fold_0/ckpt.pth": PAYLOAD[:5000]}
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after, self.cuts, self.ranges = 0, 0, True
-        self.seconds_per_mib = 0.0  # > 0: send slowly, in 64 kiB pieces
+        self.hold: threading.Event | None = None  # set: responses pause after their first 64 kiB until it is set
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -60,7 +62,8 @@ class Server:
                 piece = 1 << 16
                 for i in range(0, len(chunk), piece):
                     self.wfile.write(chunk[i:i + piece])
-                    time.sleep(server.seconds_per_mib * piece / 2**20)
+                    if server.hold is not None:
+                        server.hold.wait(timeout=60)
 
             def log_message(self, *args):
                 pass
@@ -156,7 +159,7 @@ print(m.ensure("single"))
 def test_two_processes_share_one_download(tmp_path, server):
     """A second process (another CLI run, or Slicer) waits for the first one's download instead of
     writing the same .part file, then uses the finished file."""
-    server.seconds_per_mib = 3.0
+    server.hold = threading.Event()
     spec = catalogue(server.url)["single"]
     path = tmp_path / "catalogue.json"
     path.write_text(json.dumps({"models": [{
@@ -168,14 +171,19 @@ def test_two_processes_share_one_download(tmp_path, server):
     deadline = time.monotonic() + 60
     while not server.requests and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = run()  # starts while the first is downloading
-    outs = [p.communicate(timeout=120) for p in (first, second)]
-    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    second = run()  # starts while the first one's download is held
+    waiting, lines = "", queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in second.stderr], daemon=True).start()
+    with contextlib.suppress(queue.Empty):
+        waiting = lines.get(timeout=30)
+    server.hold.set()
+    outs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert "waiting for another process that is downloading" in waiting
     final = tmp_path / "cache" / "models" / "single" / "w.bin"
-    assert [out.strip() for out, _ in outs] == [str(final)] * 2
+    assert [out.strip() for out in outs] == [str(final)] * 2
     assert final.read_bytes() == PAYLOAD and not final.with_name("w.bin.part").exists()
     assert server.requests == [("/w.bin", None)]  # one download, never two writers on one .part
-    assert "waiting for another process that is downloading" in outs[1][1]
 
 
 def test_waiting_for_another_download_can_be_cancelled(tmp_path, server):

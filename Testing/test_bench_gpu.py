@@ -1,0 +1,33 @@
+"""The GPU benchmark script runs end to end (tiny random networks on the CPU), so that a session lent a GPU
+can measure the deep-learning backends in one call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("nnInteractive")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
+
+
+def test_study_benchmark_reuses_registrations_for_the_second_lesion(ct_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--devices", "cpu", "--tasks", "study", "prompt", "--small",
+                           "--repeats", "1", "--ct", str(ct_dir / "lung2_image.nrrd"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study, prompt = json.loads(out.read_text())
+    assert (study["task"], prompt["task"]) == ("study", "prompt")
+    assert study["scans"] == 5 and study["small"]
+    assert study["first_stats"]["registration_calls"] == 4  # each follow-up registered once
+    assert study["cached_stats"]["registration_calls"] == 0  # the second lesion costs only segmentation
+    assert 5 <= study["cached_stats"]["segmentation_calls"] <= 9  # source + 4 targets, + up to 4 boosts
+    assert 0 < study["cached_s"] < study["first_s"]
+    assert prompt["seconds"][0] > 0 and prompt["peak_mb"] > 0
+    assert "first" in proc.stdout and "goal < 2 s" in proc.stdout
