@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import resource
@@ -61,25 +62,36 @@ def load_scans(ct: Path):
 
 
 class Run:
-    """The backends of one measurement (random weights) and its clock, on one device."""
+    """The backends of one measurement (random weights, each written and built only when a task uses it) and
+    its clock, on one device."""
 
     def __init__(self, device_spec: str, size: int, small: bool, work: Path):
         import torch
 
+        from LinGuinELib.device import resolve_device
         from LinGuinELib.models import ModelManager
-        from LinGuinELib.registration import gradicon
-        from LinGuinELib.segmentation import nninteractive as nni
 
         self.torch = torch
-        models = ModelManager(home=work / "cache", offline=True)
-        weights = gradicon.write_random_weights(work / "unigradicon.trch")
-        self.registration = gradicon.UniGradICONRegistration(device=device_spec, weights=str(weights),
-                                                             input_size=size, models=models)
-        folder = nni.make_random_model_folder(work / "nnInteractive_v1.0",
-                                              **({} if small else PUBLISHED_NNINTERACTIVE))
-        self.segmenter = nni.NNInteractiveSegmenter(device=device_spec, weights=str(folder), autozoom=False,
-                                                    models=models)
-        self.device = self.registration.device
+        self.device_spec, self.size, self.small, self.work = device_spec, size, small, work
+        self.models = ModelManager(home=work / "cache", offline=True)
+        self.device = resolve_device(device_spec)
+
+    @functools.cached_property
+    def registration(self):
+        from LinGuinELib.registration import gradicon
+
+        weights = gradicon.write_random_weights(self.work / "unigradicon.trch")
+        return gradicon.UniGradICONRegistration(device=self.device_spec, weights=str(weights), input_size=self.size,
+                                                models=self.models)
+
+    @functools.cached_property
+    def segmenter(self):
+        from LinGuinELib.segmentation import nninteractive as nni
+
+        folder = nni.make_random_model_folder(self.work / "nnInteractive_v1.0",
+                                              **({} if self.small else PUBLISHED_NNINTERACTIVE))
+        return nni.NNInteractiveSegmenter(device=self.device_spec, weights=str(folder), autozoom=False,
+                                          models=self.models)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
