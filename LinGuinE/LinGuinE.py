@@ -526,7 +526,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from LinGuinELib.timepoints import TimepointTable
+        from LinGuinELib.frontend.timepoints import TimepointTable
 
         self.table = TimepointTable()
         self.session = None
@@ -561,7 +561,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
         self._volumeIds.clear()
         self._writtenMTime.clear()
         self._loadedMeta.clear()
-        from LinGuinELib.timepoints import TimepointTable
+        from LinGuinELib.frontend.timepoints import TimepointTable
 
         self.table = TimepointTable()
 
@@ -572,7 +572,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
             self._worker.shutdown(wait=False)
 
     def settings(self, parameterNode):
-        from LinGuinELib.install_plan import Settings
+        from LinGuinELib.frontend.install_plan import Settings
 
         return Settings(registration=parameterNode.registration, segmentation=parameterNode.segmentation,
                         boost=parameterNode.boost, chain=parameterNode.chain, radius_mm=float(parameterNode.radiusMm),
@@ -594,7 +594,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     def ensureDependencies(self, settings, interactive=True) -> bool:
         """Install what the chosen backends need (after showing what and how big), on the main thread.
         Returns False when the user declined or Slicer must restart first."""
-        from LinGuinELib import install_plan as plan
+        from LinGuinELib.frontend import install_plan as plan
 
         files = plan.requirement_files(RESOURCES, settings.registration, settings.segmentation)
         requirements = [r for f in files for r in plan.read_requirements(f)]
@@ -659,8 +659,8 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def _withWeights(self, settings, then, interactive=True) -> None:
         """Run ``then()`` once the weights of the chosen backends are present (download with license)."""
-        from LinGuinELib import models
-        from LinGuinELib.install_plan import models_to_download
+        from LinGuinELib.backends import models
+        from LinGuinELib.frontend.install_plan import models_to_download
 
         specs = models_to_download(models.default_manager(), settings)
         if not specs:
@@ -696,8 +696,8 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def refreshTimepoints(self):
         """Fill the study table from the loaded volumes; dates from DICOM, else from the volume name."""
-        from LinGuinELib import slicer_bridge as bridge
-        from LinGuinELib import timepoints as tp
+        from LinGuinELib.frontend import slicer_bridge as bridge
+        from LinGuinELib.frontend import timepoints as tp
 
         candidates = []
         for volume in self.candidateVolumes():
@@ -724,7 +724,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
         return files, uids
 
     def _dicomValues(self, volume) -> dict:
-        from LinGuinELib.slicer_bridge import DICOM_TAGS
+        from LinGuinELib.frontend.slicer_bridge import DICOM_TAGS
 
         files, _uids = self._dicomFiles(volume)
         if not files:
@@ -734,14 +734,14 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     def loadStudy(self, path, onLoaded=None) -> None:
         """Load a study.csv or one patient's DICOM folder through the engine (on the worker thread) and
         add its scans as volumes."""
-        from LinGuinELib.study import load_study
+        from LinGuinELib.io.load import load_study
 
         self._start(lambda: load_study(path), lambda study: self._addStudy(study, onLoaded),
                     f"loading {path}", _("Study loaded."))
 
     def _addStudy(self, study, onLoaded) -> None:
-        from LinGuinELib import slicer_bridge as bridge
-        from LinGuinELib import timepoints as tp
+        from LinGuinELib.frontend import slicer_bridge as bridge
+        from LinGuinELib.frontend import timepoints as tp
 
         added = []
         try:
@@ -801,9 +801,9 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def buildSession(self, confirm=None) -> bool:
         """Build (or keep) the session for the study table. Returns False if the user kept the old one."""
-        from LinGuinELib import slicer_bridge as bridge
-        from LinGuinELib.session import TrackingSession
-        from LinGuinELib.study import Study
+        from LinGuinELib.frontend import slicer_bridge as bridge
+        from LinGuinELib.frontend.session import TrackingSession
+        from LinGuinELib.core.study import Study
 
         self.table.validate()
         key = self.sessionKey()
@@ -843,7 +843,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def timepointOfPlacedPoint(self, markupsNode):
         """Volume node ID shown in the slice view where the last point was placed (None if unknown)."""
-        from LinGuinELib.slicer_bridge import slice_view_containing
+        from LinGuinELib.frontend.slicer_bridge import slice_view_containing
 
         n = markupsNode.GetNumberOfControlPoints()
         if n == 0:
@@ -866,7 +866,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
         if self._job is not None:
             raise RuntimeError("LinGuinE is still working; wait for it to finish or press Cancel")
         if self._worker is None:
-            from LinGuinELib.device import TorchWorker
+            from LinGuinELib.backends.device import TorchWorker
 
             self._worker = TorchWorker("auto", name="linguine-slicer")
         self._job = (self._worker.submit(job, what=what), onSuccess, doneMessage)
@@ -885,7 +885,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
             return
         self._timer.stop()
         self._job = None
-        from LinGuinELib.errors import TrackingCancelled
+        from LinGuinELib.core.errors import TrackingCancelled
 
         try:
             value = future.result()
@@ -1015,7 +1015,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
         self._withWeights(settings, lambda: self._start(job, apply, "correcting", _("Correction applied.")))
 
     def renameLesion(self, lesionId, name) -> None:
-        from LinGuinELib.slicer_bridge import segment_id
+        from LinGuinELib.frontend.slicer_bridge import segment_id
 
         self.session.rename_lesion(lesionId, name)
         for label in self._volumeIds:
@@ -1025,7 +1025,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
                 segment.SetName(self.session.lesion(lesionId).name)
 
     def removeLesion(self, lesionId) -> None:
-        from LinGuinELib.slicer_bridge import segment_id
+        from LinGuinELib.frontend.slicer_bridge import segment_id
 
         self.session.remove_lesion(lesionId)
         for label in self._volumeIds:
@@ -1077,7 +1077,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     def applyToScene(self, labels=None) -> None:
         """Write every tracked lesion's segment on the given timepoints (default all) from the session.
         On failure the segments are restored and nodes created here removed."""
-        from LinGuinELib import slicer_bridge as bridge
+        from LinGuinELib.frontend import slicer_bridge as bridge
 
         session = self.session
         result = session.result()
@@ -1130,7 +1130,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     def syncEditsFromScene(self) -> list:
         """Read back segments changed in the scene since LinGuinE wrote them (hand edits): they are
         recorded as edited (never overwritten without confirmation) and tagged MANUAL."""
-        from LinGuinELib import slicer_bridge as bridge
+        from LinGuinELib.frontend import slicer_bridge as bridge
 
         session = self.session
         if session is None:
@@ -1161,7 +1161,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
 
     def openSegmentEditor(self, lesionId, label) -> None:
         """Show the Segment Editor on this lesion's segment of this timepoint."""
-        from LinGuinELib.slicer_bridge import segment_id
+        from LinGuinELib.frontend.slicer_bridge import segment_id
 
         self.session.observation(lesionId, label)
         volume = self.volumeOf(label)
@@ -1179,8 +1179,8 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
         """All timepoints side by side (linked axial views), each centred on the lesion there."""
         import numpy as np
 
-        from LinGuinELib import coords
-        from LinGuinELib import slicer_bridge as bridge
+        from LinGuinELib.core import coords
+        from LinGuinELib.frontend import slicer_bridge as bridge
 
         session = self.session
         labels = session.study.scan_ids
@@ -1228,7 +1228,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     # -- measurements and export ---------------------------------------------------------------
     def updateMeasurements(self, parameterNode=None):
         """Measurement table node and volume-over-time plot chart node, refreshed from the session."""
-        from LinGuinELib.session import measurement_table, volume_series
+        from LinGuinELib.frontend.session import measurement_table, volume_series
 
         self.syncEditsFromScene()
         session = self.session
@@ -1290,9 +1290,9 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
     def exportResults(self, parameterNode) -> list:
         """DICOM-SEG per timepoint (engine exporter; imported into the DICOM database under the study),
         label maps (NRRD or NIfTI) and the measurements CSV, written together or not at all."""
-        from LinGuinELib.atomic import staged_outputs, write_image_atomic
-        from LinGuinELib.measure import LESION_COLUMNS
-        from LinGuinELib.output import safe_filename, write_rows_csv
+        from LinGuinELib.io.atomic import staged_outputs, write_image_atomic
+        from LinGuinELib.core.measure import LESION_COLUMNS
+        from LinGuinELib.io.output import safe_filename, write_rows_csv
 
         folder = _pathOrNone(parameterNode.exportFolder)
         if not folder:
@@ -1315,7 +1315,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
                 write_rows_csv(session.measurement_rows(), LESION_COLUMNS + ("edit",), stage / "lesions.csv")
                 written.append("lesions.csv")
             if parameterNode.exportDicomSeg:
-                from LinGuinELib.dicom_seg import export_segs
+                from LinGuinELib.io.dicom_seg import export_segs
 
                 paths = export_segs(session.study, labelMaps, result.lesions, stage / "dicom-seg",
                                     manual=session.manual_pairs(), log=logging.info,
@@ -1346,8 +1346,8 @@ class LinGuinETest(ScriptedLoadableModuleTest):
         self.test_TrackCorrectMeasure()
 
     def _syntheticStudy(self):
-        """Three timepoints with one lesion that moves and grows (LinGuinELib.selftest_data), as volumes."""
-        from LinGuinELib.selftest_data import moving_lesion_study
+        """Three timepoints with one lesion that moves and grows (LinGuinELib.frontend.selftest_data), as volumes."""
+        from LinGuinELib.frontend.selftest_data import moving_lesion_study
 
         timepoints = moving_lesion_study()
         volumes = [slicer.util.addVolumeFromArray(t["array"], t["ijk_to_ras"], t["name"]) for t in timepoints]
@@ -1362,9 +1362,9 @@ class LinGuinETest(ScriptedLoadableModuleTest):
     def test_TrackCorrectMeasure(self):
         import numpy as np
 
-        from LinGuinELib.install_plan import Settings
-        from LinGuinELib.selftest_data import SPACING, dice
-        from LinGuinELib.slicer_bridge import TAG_ALGORITHM_TYPE, TAG_LESION_ID, TAG_TRACKING_UID, segment_id
+        from LinGuinELib.frontend.install_plan import Settings
+        from LinGuinELib.frontend.selftest_data import SPACING, dice
+        from LinGuinELib.frontend.slicer_bridge import TAG_ALGORITHM_TYPE, TAG_LESION_ID, TAG_TRACKING_UID, segment_id
 
         self.delayDisplay("Building a synthetic three-timepoint study")
         volumes, truths, centres = self._syntheticStudy()

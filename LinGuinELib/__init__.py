@@ -8,8 +8,8 @@ Conventions used throughout the package:
   ``[k, j, i]`` (slice, row, column), as returned by ``SimpleITK.GetArrayFromImage``.
 * "Voxel points" handed to segmenters are array indices in that same ``(k, j, i)``
   order. ITK/Slicer style indices ``(i, j, k)`` appear only at the CLI/Slicer edge
-  (``--point-ijk``) and are converted by :mod:`LinGuinELib.coords`.
-* RAS appears only at the Slicer/CLI edge (``--point-ras``); see :mod:`LinGuinELib.coords`.
+  (``--point-ijk``) and are converted by :mod:`LinGuinELib.core.coords`.
+* RAS appears only at the Slicer/CLI edge (``--point-ras``); see :mod:`LinGuinELib.core.coords`.
 """
 
 __version__ = "0.1.0"

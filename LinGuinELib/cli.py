@@ -6,8 +6,8 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import LinGuinEError, TrackingCancelled
+from LinGuinELib import __version__
+from LinGuinELib.core.errors import LinGuinEError, TrackingCancelled
 
 COMMANDS = ("track", "evaluate", "demo", "info", "export_seg", "synth")
 

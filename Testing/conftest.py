@@ -31,7 +31,7 @@ def make_scan(scan_id="s0", date=dt.datetime(2020, 1, 1), shape=(20, 40, 40), sp
 
     ``blobs`` = ((centre_kji, radius_mm), ...); the label map numbers them 1, 2, ...
     """
-    from LinGuinELib.study import Scan
+    from LinGuinELib.core.study import Scan
 
     rng = np.random.default_rng(seed)
     arr = rng.normal(-700, 20, size=shape).astype(np.float32)
@@ -77,8 +77,8 @@ def fake_backends(monkeypatch):
 
 def local_weights(model_id: str):
     """Path of real model weights found offline ($LINGUINE_WEIGHTS or the cache), else None."""
-    from LinGuinELib.errors import InputError
-    from LinGuinELib.models import ModelManager
+    from LinGuinELib.core.errors import InputError
+    from LinGuinELib.backends.models import ModelManager
 
     try:
         return ModelManager(offline=True).locate_local(model_id)

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_scan, write_study
-from LinGuinELib import coords
+from LinGuinELib.core import coords
 from LinGuinELib.cli import main
 
 FAST = ["--registration", "identity", "--segmentation", "threshold"]
@@ -114,7 +114,7 @@ def test_every_command_has_help_and_module_entry_point_runs():
 
 
 def test_label_map_file_names_are_safe_and_unique():
-    from LinGuinELib.output import label_map_names
+    from LinGuinELib.io.output import label_map_names
 
     names = label_map_names(["CT 2020/01/01", "CT 2020_01_01", "../x", "ok-1"])
     assert names == {"CT 2020/01/01": "CT_2020_01_01.nii.gz", "CT 2020_01_01": "CT_2020_01_01_2.nii.gz",

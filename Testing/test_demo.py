@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LinGuinELib import backends, cli, sample_data
-from LinGuinELib.errors import LinGuinEError
+from LinGuinELib import backends, cli
+from LinGuinELib.research import sample_data
+from LinGuinELib.core.errors import LinGuinEError
 
 TOP = "pyradiomics-3.0.1"
 

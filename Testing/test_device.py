@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="deep-learning extra not installed (pip install '.[gpu]')")
 
-from LinGuinELib import device  # noqa: E402
-from LinGuinELib.errors import InputError, LinGuinEError  # noqa: E402
+from LinGuinELib.backends import device  # noqa: E402
+from LinGuinELib.core.errors import InputError, LinGuinEError  # noqa: E402
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Loading a patient's DICOM folder as a longitudinal study (LinGuinELib.dicom) and ``linguine info``.
+"""Loading a patient's DICOM folder as a longitudinal study (LinGuinELib.io.dicom) and ``linguine info``.
 
 Test series are written from the real CTs (shrunk 4x in-plane) by Testing/dicom_data.py and pass dciodvfy.
 """
@@ -16,9 +16,9 @@ from pydicom.uid import generate_uid
 
 from dicom_data import dciodvfy_errors, small_ct, third_party_seg, write_ct_series
 from LinGuinELib.cli import main as cli_main
-from LinGuinELib.dicom import load_dicom_study
-from LinGuinELib.errors import InputError
-from LinGuinELib.study import load_study
+from LinGuinELib.io.dicom import load_dicom_study
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.io.load import load_study
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import SimpleITK as sitk
 from dicom_data import dciodvfy_errors, small_ct, third_party_seg, write_ct_series
 from LinGuinELib import __version__
 from LinGuinELib.cli import main as cli_main
-from LinGuinELib.dicom import load_dicom_study
-from LinGuinELib.dicom_seg import export_segs, read_seg_prompt, seg_to_label_map
-from LinGuinELib.errors import InputError
-from LinGuinELib.lesion import Lesion
-from LinGuinELib.study import Scan, Study
+from LinGuinELib.io.dicom import load_dicom_study
+from LinGuinELib.io.dicom_seg import export_segs, read_seg_prompt, seg_to_label_map
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.core.study import Scan, Study
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_bad_seg_inputs_named(tracked, tmp_path):
 
 
 def test_retracking_from_our_seg_keeps_lesion_identity(tracked, tmp_path):
-    from LinGuinELib.dicom_seg import seg_lesions
+    from LinGuinELib.io.dicom_seg import seg_lesions
 
     known = seg_lesions(tracked["paths"][1])
     assert {n: (l.lesion_id, l.name, l.tracking_uid) for n, l in known.items()} == {

@@ -1,4 +1,4 @@
-"""``linguine evaluate`` and LinGuinELib.evaluation: the Table 1 metrics on small labelled studies whose
+"""``linguine evaluate`` and LinGuinELib.research.evaluation: the Table 1 metrics on small labelled studies whose
 answers are known (fake backends with known shifts), and the files a user reads."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from fakes import ShiftRegistration, ThresholdSegmenter
 from LinGuinELib import backends, cli
-from LinGuinELib.evaluation import evaluate_study, summarise
-from LinGuinELib.study import Study, load_study_csv
+from LinGuinELib.research.evaluation import evaluate_study, summarise
+from LinGuinELib.core.study import Study, load_study_csv
 
 DAY0 = dt.datetime(2021, 3, 1)
 # Both lesions move +3 voxels (= +3 mm) along i per follow-up; lesion 2 is gone on the last scan.

@@ -17,10 +17,10 @@ pytest.importorskip("unigradicon", reason="deep-learning extra not installed (pi
 import SimpleITK as sitk  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from LinGuinELib.errors import InputError, LinGuinEError  # noqa: E402
-from LinGuinELib.models import ModelManager  # noqa: E402
+from LinGuinELib.core.errors import InputError, LinGuinEError  # noqa: E402
+from LinGuinELib.backends.models import ModelManager  # noqa: E402
 from LinGuinELib.registration import gradicon  # noqa: E402
-from LinGuinELib.study import Scan  # noqa: E402
+from LinGuinELib.core.study import Scan  # noqa: E402
 
 SIZE = 65  # the smallest grid the network accepts; production uses 175
 

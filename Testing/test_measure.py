@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from conftest import make_scan
-from LinGuinELib.measure import axial_diameters, measure_mask, percent_changes
+from LinGuinELib.core.measure import axial_diameters, measure_mask, percent_changes
 
 
 def test_sphere_volume_diameters_and_centre():

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from LinGuinELib import models
-from LinGuinELib.errors import InputError, LinGuinEError, TrackingCancelled
-from LinGuinELib.models import ModelFile, ModelManager, ModelSpec
+from LinGuinELib.backends import models
+from LinGuinELib.core.errors import InputError, LinGuinEError, TrackingCancelled
+from LinGuinELib.backends.models import ModelFile, ModelManager, ModelSpec
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SMALL = b'{"plans": true}'
@@ -149,7 +149,7 @@ def test_cancel_from_the_progress_callback_keeps_the_partial_file(tmp_path, serv
 
 CHILD = """
 import sys
-from LinGuinELib.models import ModelManager, load_catalogue
+from LinGuinELib.backends.models import ModelManager, load_catalogue
 m = ModelManager(home=sys.argv[1], catalogue=load_catalogue(sys.argv[2]), acknowledge=lambda spec: True,
                  progress=lambda message, done, total: None)
 print(m.ensure("single"))

@@ -19,10 +19,10 @@ pytest.importorskip("nnInteractive", reason="deep-learning extra not installed (
 
 import SimpleITK as sitk  # noqa: E402
 
-from LinGuinELib.errors import InputError, LinGuinEError  # noqa: E402
-from LinGuinELib.models import ModelManager  # noqa: E402
+from LinGuinELib.core.errors import InputError, LinGuinEError  # noqa: E402
+from LinGuinELib.backends.models import ModelManager  # noqa: E402
 from LinGuinELib.segmentation import nninteractive as nni  # noqa: E402
-from LinGuinELib.study import Scan  # noqa: E402
+from LinGuinELib.core.study import Scan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

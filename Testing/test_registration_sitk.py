@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from LinGuinELib.backends import make_registration
-from LinGuinELib.errors import InputError, LinGuinEError
+from LinGuinELib.core.errors import InputError, LinGuinEError
 from LinGuinELib.registration.sitk import SitkRegistration
-from LinGuinELib.study import Scan
-from LinGuinELib.synthetic import invert_point
-from LinGuinELib.tracking import interior_centre
+from LinGuinELib.core.study import Scan
+from LinGuinELib.research.synthetic import invert_point
+from LinGuinELib.core.tracking import interior_centre
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from LinGuinELib.backends import make_segmenter
-from LinGuinELib.errors import InputError
+from LinGuinELib.core.errors import InputError
 from LinGuinELib.segmentation.classic import ClassicSegmenter
-from LinGuinELib.study import Scan, read_image
+from LinGuinELib.core.study import Scan, read_image
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,14 +15,15 @@ import pytest
 
 from conftest import REPO, make_scan
 from fakes import ShiftRegistration, ThresholdSegmenter
-from LinGuinELib import coords, install_plan
-from LinGuinELib import slicer_bridge as bridge
-from LinGuinELib.errors import InputError, TrackingCancelled
-from LinGuinELib.install_plan import Settings
-from LinGuinELib.selftest_data import dice, moving_lesion_study
-from LinGuinELib.session import TrackingSession, measurement_table, volume_series
-from LinGuinELib.study import Study
-from LinGuinELib.timepoints import DICOM, Timepoint, TimepointTable
+from LinGuinELib.core import coords
+from LinGuinELib.frontend import install_plan
+from LinGuinELib.frontend import slicer_bridge as bridge
+from LinGuinELib.core.errors import InputError, TrackingCancelled
+from LinGuinELib.frontend.install_plan import Settings
+from LinGuinELib.frontend.selftest_data import dice, moving_lesion_study
+from LinGuinELib.frontend.session import TrackingSession, measurement_table, volume_series
+from LinGuinELib.core.study import Study
+from LinGuinELib.frontend.timepoints import DICOM, Timepoint, TimepointTable
 
 RESOURCES = REPO / "Resources"
 
@@ -150,7 +151,7 @@ def test_segment_tags_mark_hand_edits_manual():
 
 
 def make_lesion(lid, name):
-    from LinGuinELib.lesion import Lesion
+    from LinGuinELib.core.lesion import Lesion
 
     return Lesion(lid, name)
 
@@ -245,7 +246,7 @@ def test_missing_requirements_and_the_confirmation_text():
 
 
 def test_models_to_download_skips_cached_and_local_weights(tmp_path):
-    from LinGuinELib.models import ModelManager
+    from LinGuinELib.backends.models import ModelManager
 
     manager = ModelManager(home=tmp_path / "home", offline=True)
     settings = Settings(registration="unigradicon", segmentation="nninteractive")
@@ -343,7 +344,7 @@ def test_a_job_changes_nothing_until_merged_and_cancel_leaves_the_session_untouc
 
 
 def test_jobs_run_on_the_persistent_worker_thread(session):
-    from LinGuinELib.device import TorchWorker
+    from LinGuinELib.backends.device import TorchWorker
 
     worker = TorchWorker("cpu", name="test-linguine")
     try:

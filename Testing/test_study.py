@@ -7,8 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_scan, write_study
-from LinGuinELib.errors import InputError
-from LinGuinELib.study import Scan, Study, load_label_map, load_study, parse_date, read_image
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.study import Scan, Study, load_label_map, parse_date, read_image
+from LinGuinELib.io.load import load_study
 
 
 def three_scans():

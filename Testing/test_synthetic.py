@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from LinGuinELib.cli import main as cli_main
-from LinGuinELib.errors import InputError
-from LinGuinELib.study import load_study
-from LinGuinELib.synthetic import invert_point, load_truth, make_study, true_centres
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.io.load import load_study
+from LinGuinELib.research.synthetic import invert_point, load_truth, make_study, true_centres
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import make_scan
 from fakes import ShiftRegistration, ThresholdSegmenter
-from LinGuinELib.errors import InputError, TrackingCancelled
-from LinGuinELib.lesion import Lesion
-from LinGuinELib.study import Scan, Study
-from LinGuinELib.tracking import (FOUND, NOT_FOUND, OUTSIDE_FOV, SOURCE, LesionPrompt, Tracker,
+from LinGuinELib.core.errors import InputError, TrackingCancelled
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.core.study import Scan, Study
+from LinGuinELib.core.tracking import (FOUND, NOT_FOUND, OUTSIDE_FOV, SOURCE, LesionPrompt, Tracker,
                                   interior_centre, select_component)
 
 
@@ -137,7 +137,7 @@ def test_boost_reprompts_at_mask_centre_with_a_fresh_call():
 def test_overlap_rule_gives_contested_voxels_to_nearest_prompt_then_lower_id():
     scan = make_scan(shape=(1, 1, 21), spacing=(1, 1, 1), blobs=())
     study = Study("p", [scan, make_scan("s1", dt.datetime(2021, 1, 1), shape=(1, 1, 21), spacing=(1, 1, 1), blobs=())])
-    from LinGuinELib.tracking import Observation, TrackingResult
+    from LinGuinELib.core.tracking import Observation, TrackingResult
 
     a = np.zeros(scan.shape, bool); a[0, 0, 0:15] = True
     b = np.zeros(scan.shape, bool); b[0, 0, 6:21] = True

@@ -49,7 +49,7 @@ def load_scans(ct: Path):
     """Two timepoints: the CT and a copy shifted by 4 voxels (same field of view, no pre-alignment)."""
     import SimpleITK as sitk
 
-    from LinGuinELib.study import Scan
+    from LinGuinELib.core.study import Scan
 
     if ct.is_file():
         a = Scan.from_sitk(sitk.ReadImage(str(ct)), "t0", dt.datetime(2020, 1, 1))
@@ -68,8 +68,8 @@ class Run:
     def __init__(self, device_spec: str, size: int, small: bool, work: Path):
         import torch
 
-        from LinGuinELib.device import resolve_device
-        from LinGuinELib.models import ModelManager
+        from LinGuinELib.backends.device import resolve_device
+        from LinGuinELib.backends.models import ModelManager
 
         self.torch = torch
         self.device_spec, self.size, self.small, self.work = device_spec, size, small, work
@@ -132,11 +132,11 @@ def bench_prompt(run: Run, ct: Path, repeats: int) -> dict:
 
 
 def bench_study(run: Run, ct: Path, work: Path) -> dict:
-    from LinGuinELib.lesion import Lesion
+    from LinGuinELib.core.lesion import Lesion
     from LinGuinELib.registration.base import RegistrationCache
-    from LinGuinELib.study import load_study
-    from LinGuinELib.synthetic import load_truth, make_study, true_centres
-    from LinGuinELib.tracking import LesionPrompt, Tracker
+    from LinGuinELib.io.load import load_study
+    from LinGuinELib.research.synthetic import load_truth, make_study, true_centres
+    from LinGuinELib.core.tracking import LesionPrompt, Tracker
 
     label = ct.with_name(ct.name.replace("image", "label"))
     if not (ct.is_file() and label.is_file()):

@@ -2,7 +2,7 @@
 """Benchmark a registration backend on semi-synthetic longitudinal studies with known truth.
 
 Generates (or reuses) studies from every ``<name>_image.nrrd``/``<name>_label.nrrd`` pair in
-``--ct-dir`` for each seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`), then
+``--ct-dir`` for each seed x difficulty (:func:`LinGuinELib.research.synthetic.make_benchmark_studies`), then
 registers the first scan to every later one and the last scan to every earlier one. Per pair it prints
 wall seconds, CPU seconds (all threads; less sensitive to other load on the machine), peak RSS of this
 process during the registration, the propagation error of the lesion centre (distance between the
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LinGuinELib.backends import make_registration  # noqa: E402
-from LinGuinELib.study import load_study  # noqa: E402
-from LinGuinELib.synthetic import LEVELS, load_truth, make_benchmark_studies, true_centres  # noqa: E402
+from LinGuinELib.io.load import load_study  # noqa: E402
+from LinGuinELib.research.synthetic import LEVELS, load_truth, make_benchmark_studies, true_centres  # noqa: E402
 
 
 class PeakRSS:

@@ -1,7 +1,7 @@
 """Benchmark a click-seeded segmentation backend on the real chest CTs (lung1, lung2).
 
 For each lesion (as scanned, and shrunk/grown by a radial resampling around its centre; or, with
-``--synthetic LEVEL``, on the follow-ups of LinGuinELib.synthetic studies) the backend is seeded at
+``--synthetic LEVEL``, on the follow-ups of LinGuinELib.research.synthetic studies) the backend is seeded at
 the lesion's interior centre (maximum of the spacing-aware distance transform) and at points
 shifted by 3 and 6 mm in random 3-D directions. Prints Dice, seconds per call and whether each seed
 lies in the lesion, medians per lesion and overall, and peak RSS.
@@ -25,8 +25,9 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from LinGuinELib.backends import make_segmenter  # noqa: E402
-from LinGuinELib.study import Scan, load_study, read_image  # noqa: E402
-from LinGuinELib.synthetic import make_study  # noqa: E402
+from LinGuinELib.core.study import Scan, read_image  # noqa: E402
+from LinGuinELib.io.load import load_study
+from LinGuinELib.research.synthetic import make_study  # noqa: E402
 
 
 def interior_centre(mask: np.ndarray, spacing_kji) -> np.ndarray:
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-dirs", type=int, default=8, help="random directions per shift")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic", choices=["easy", "medium", "hard"],
-                        help="instead of scaling, use the follow-ups of LinGuinELib.synthetic studies (moved, "
+                        help="instead of scaling, use the follow-ups of LinGuinELib.research.synthetic studies (moved, "
                              "deformed, grown/shrunk, noisy) at this difficulty")
     args = parser.parse_args(argv)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from LinGuinELib.backends import make_registration, make_segmenter
-from LinGuinELib.lesion import Lesion
-from LinGuinELib.sample_data import candidate_dirs
-from LinGuinELib.study import load_study
-from LinGuinELib.synthetic import make_study
-from LinGuinELib.tracking import LesionPrompt, Tracker
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.research.sample_data import candidate_dirs
+from LinGuinELib.io.load import load_study
+from LinGuinELib.research.synthetic import make_study
+from LinGuinELib.core.tracking import LesionPrompt, Tracker
 
 
 def prompts_for(scan, n: int) -> list[LesionPrompt]:

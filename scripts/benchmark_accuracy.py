@@ -1,7 +1,7 @@
 """Accuracy benchmark: ``linguine evaluate`` over semi-synthetic studies made from the real CTs.
 
 For each ``<name>_image.nrrd`` + ``<name>_label.nrrd`` in the CT folder (lung1: small nodule, lung2: large
-tumour), one study per seed x difficulty (:func:`LinGuinELib.synthetic.make_benchmark_studies`, cached in
+tumour), one study per seed x difficulty (:func:`LinGuinELib.research.synthetic.make_benchmark_studies`, cached in
 ``--work``). Every lesion is prompted on the first scan and again on the last scan and tracked to every
 other scan; the script prints median Dice, median centre distance (ED, mm) and median propagation error
 (mm) per study and overall, and writes each source's ``evaluate`` outputs under ``--work``.
@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LinGuinELib.backends import make_registration, make_segmenter  # noqa: E402
-from LinGuinELib.evaluation import evaluate_study, summarise, write_evaluation  # noqa: E402
-from LinGuinELib.study import load_study_csv  # noqa: E402
-from LinGuinELib.synthetic import LEVELS, make_benchmark_studies  # noqa: E402
+from LinGuinELib.research.evaluation import evaluate_study, summarise, write_evaluation  # noqa: E402
+from LinGuinELib.core.study import load_study_csv  # noqa: E402
+from LinGuinELib.research.synthetic import LEVELS, make_benchmark_studies  # noqa: E402
 
 
 def _f(value, spec=".3f"):

@@ -1,6 +1,6 @@
 """``linguine demo``: build a small longitudinal study from a real chest CT and track its tumour.
 
-The study is semi-synthetic (:func:`LinGuinELib.synthetic.make_study` on pyradiomics' ``lung2`` CT, fixed
+The study is semi-synthetic (:func:`LinGuinELib.research.synthetic.make_study` on pyradiomics' ``lung2`` CT, fixed
 seed): its label maps are the truth. The tumour is clicked at its interior centre on the middle timepoint
 and tracked with the chosen backends (CPU defaults); the outputs of ``linguine track`` and ``overview.png``
 are written to ``--out``.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .track import add_backend_arguments, make_tracker, tqdm_progress
+from LinGuinELib.commands.track import add_backend_arguments, make_tracker, tqdm_progress
 
 NAME = "demo"
 HELP = "Track the tumour of a real chest CT through a small semi-synthetic longitudinal study (CPU defaults)."
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _study(image: Path, label: Path, folder: Path, n_scans: int, seed: int) -> Path:
     """The demo study's csv, reused when ``folder`` already holds the same one."""
-    from ..synthetic import make_study
+    from LinGuinELib.research.synthetic import make_study
 
     truth_path = folder / "truth.json"
     if truth_path.is_file() and (folder / "study.csv").is_file():
@@ -46,15 +46,15 @@ def _study(image: Path, label: Path, folder: Path, n_scans: int, seed: int) -> P
 
 
 def run(args) -> int:
-    from .. import coords
-    from ..evaluation import dice
-    from ..lesion import Lesion
-    from ..measure import measurement_rows
-    from ..output import write_tracking_outputs
-    from ..overview import write_overview
-    from ..sample_data import lung2_paths
-    from ..study import load_study_csv
-    from ..tracking import LesionPrompt, interior_centre
+    from LinGuinELib.core import coords
+    from LinGuinELib.research.evaluation import dice
+    from LinGuinELib.core.lesion import Lesion
+    from LinGuinELib.core.measure import measurement_rows
+    from LinGuinELib.io.output import write_tracking_outputs
+    from LinGuinELib.research.overview import write_overview
+    from LinGuinELib.research.sample_data import lung2_paths
+    from LinGuinELib.core.study import load_study_csv
+    from LinGuinELib.core.tracking import LesionPrompt, interior_centre
 
     start = time.perf_counter()
     err = lambda message: print(message, file=sys.stderr)

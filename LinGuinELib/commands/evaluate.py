@@ -1,5 +1,5 @@
 """``linguine evaluate``: track every labelled lesion of one scan through labelled studies and score it
-(the paper's Table 1 metrics; see :mod:`LinGuinELib.evaluation`)."""
+(the paper's Table 1 metrics; see :mod:`LinGuinELib.research.evaluation`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import InputError
-from .track import add_backend_arguments, tqdm_progress
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.commands.track import add_backend_arguments, tqdm_progress
 
 NAME = "evaluate"
 HELP = "Score tracking against label maps on labelled studies: Dice, centre distance, propagation error."
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..backends import make_registration, make_segmenter
-    from ..evaluation import evaluate_study, summary_markdown, write_evaluation
-    from ..study import load_study
+    from LinGuinELib.backends import make_registration, make_segmenter
+    from LinGuinELib.research.evaluation import evaluate_study, summary_markdown, write_evaluation
+    from LinGuinELib.io.load import load_study
 
     studies, seen = [], {}
     for path in args.studies:

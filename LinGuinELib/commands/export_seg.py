@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from LinGuinELib.core.errors import InputError
 
 NAME = "export-seg"
 HELP = "Write one DICOM-SEG per timepoint (highdicom) from the label maps of a 'linguine track' output folder."
@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_track_dir(track_dir: Path, study) -> tuple[dict, list, set, dict]:
     """(label maps by scan id, lesions, manual (lesion_id, scan_id) pairs, backends) from a track output folder."""
-    from ..lesion import Lesion
-    from ..output import safe_filename
-    from ..study import load_label_map
+    from LinGuinELib.core.lesion import Lesion
+    from LinGuinELib.io.output import safe_filename
+    from LinGuinELib.core.study import load_label_map
 
     summary_path = track_dir / "summary.json"
     if not summary_path.is_file():
@@ -51,8 +51,8 @@ def read_track_dir(track_dir: Path, study) -> tuple[dict, list, set, dict]:
 
 
 def run(args) -> int:
-    from ..dicom_seg import export_segs
-    from ..study import load_study
+    from LinGuinELib.io.dicom_seg import export_segs
+    from LinGuinELib.io.load import load_study
 
     study = load_study(args.study)
     track_dir = Path(args.track_dir)

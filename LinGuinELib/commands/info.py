@@ -32,7 +32,7 @@ def rows(study) -> list[dict]:
 
 
 def run(args) -> int:
-    from ..study import load_study
+    from LinGuinELib.io.load import load_study
 
     study = load_study(args.study)
     print(f"patient {study.patient_id or '(no id)'}: {len(study)} timepoints")

@@ -9,7 +9,7 @@ HELP = "Make a semi-synthetic longitudinal study (known motion, deformation, les
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..synthetic import LEVELS
+    from LinGuinELib.research.synthetic import LEVELS
 
     parser.add_argument("image", help="baseline CT image (NRRD, NIfTI, MHA or a DICOM series folder)")
     parser.add_argument("label", help="lesion label map on the CT's grid (lesion ids as values)")
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import make_study
+    from LinGuinELib.research.synthetic import make_study
 
     path = make_study(args.image, args.label, args.out, n_scans=args.scans, seed=args.seed,
                       difficulty=args.difficulty, patient_id=args.patient_id)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import coords
-from ..backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
-from ..errors import InputError
+from LinGuinELib.core import coords
+from LinGuinELib.backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
+from LinGuinELib.core.errors import InputError
 
 NAME = "track"
 HELP = "Track lesions from a click or mask on one scan to every other scan of a study."
@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_tracker(study, args, progress=None):
     """Build the backends named in ``args`` and a Tracker for ``study``."""
-    from ..backends import make_registration, make_segmenter
-    from ..tracking import Tracker
+    from LinGuinELib.backends import make_registration, make_segmenter
+    from LinGuinELib.core.tracking import Tracker
 
     options = {"device": args.device, "weights": args.weights, "io_steps": args.io_steps}
     return Tracker(study, make_registration(args.registration, **options),
@@ -64,9 +64,9 @@ def make_tracker(study, args, progress=None):
 
 def build_prompts(study, args) -> list:
     """The lesion prompts from ``args`` (validated against the study) -> list[LesionPrompt]."""
-    from ..lesion import Lesion
-    from ..study import load_label_map
-    from ..tracking import LesionPrompt
+    from LinGuinELib.core.lesion import Lesion
+    from LinGuinELib.core.study import load_label_map
+    from LinGuinELib.core.tracking import LesionPrompt
 
     points_given = bool(args.point or args.point_ras or args.point_ijk)
     if not points_given and not args.mask:
@@ -75,7 +75,7 @@ def build_prompts(study, args) -> list:
     if args.mask:
         mask_path = Path(args.mask)
         if mask_path.suffix.lower() == ".dcm":
-            from ..dicom_seg import read_seg_prompt, seg_lesions
+            from LinGuinELib.io.dicom_seg import read_seg_prompt, seg_lesions
 
             one = args.lesion_id[0] if len(args.lesion_id) == 1 else None  # lets one of overlapping segments be picked
             scan_id, labels = read_seg_prompt(mask_path, study, lesion_id=one)
@@ -147,9 +147,9 @@ def print_table(rows: list[dict], file=None) -> None:
 
 
 def run(args) -> int:
-    from ..measure import measurement_rows
-    from ..output import write_tracking_outputs
-    from ..study import load_study
+    from LinGuinELib.core.measure import measurement_rows
+    from LinGuinELib.io.output import write_tracking_outputs
+    from LinGuinELib.io.load import load_study
 
     study = load_study(args.study)
     if args.dicom_seg:
@@ -169,7 +169,7 @@ def run(args) -> int:
     print(f"registrations computed: {stats['registration_calls']}, segmentations: {stats['segmentation_calls']}, "
           f"seconds: {stats['seconds']}", file=sys.stderr)
     if args.dicom_seg:
-        from ..dicom_seg import export_segs
+        from LinGuinELib.io.dicom_seg import export_segs
 
         export_segs(study, {s.scan_id: result.label_map(s.scan_id) for s in study}, result.lesions,
                     Path(args.out) / "dicom-seg", log=lambda m: print(m, file=sys.stderr),

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..study import Scan
+from LinGuinELib.core.study import Scan
 
 PointMap = Callable[[np.ndarray], np.ndarray]
 

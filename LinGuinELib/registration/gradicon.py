@@ -2,7 +2,7 @@
 
 Network: ``unigradicon.make_network([1, 1, N, N, N], include_last_step=True)`` with N = 175 (the
 three models share this architecture), weights loaded strictly from a local file found or downloaded by
-:mod:`LinGuinELib.models`. One forward pass per scan pair gives both directions; both are cached.
+:mod:`LinGuinELib.backends.models`. One forward pass per scan pair gives both directions; both are cached.
 
 Preprocessing, per model: uni/multiGradICON clamp CT to [-1000, 1000] HU and scale to [0, 1] at full
 resolution, then resize to N^3; the lung model clamps to [-1000, 0], scales to [0, 1] and multiplies by
@@ -35,11 +35,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..device import import_torch_package, resolve_device, shared_worker
-from ..errors import InputError
-from ..models import default_manager
-from ..study import Scan
-from .base import PointMap, Registration, as_points
+from LinGuinELib.backends.device import import_torch_package, resolve_device, shared_worker
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.backends.models import default_manager
+from LinGuinELib.core.study import Scan
+from LinGuinELib.registration.base import PointMap, Registration, as_points
 
 DEFAULT_INPUT_SIZE = 175
 MIN_INPUT_SIZE = 65
@@ -253,7 +253,7 @@ class GradICONRegistration(Registration):
     or the cache), ``io_steps`` (instance-optimisation Adam steps per pair; the weights are restored
     afterwards), ``progress`` (download progress callback), ``prealign`` (auto|always|never),
     ``prealign_tol_mm``, ``input_size`` (network grid, default 175; at least 65), ``models`` (a
-    :class:`~LinGuinELib.models.ModelManager`), ``worker`` (a :class:`~LinGuinELib.device.TorchWorker`).
+    :class:`~LinGuinELib.backends.models.ModelManager`), ``worker`` (a :class:`~LinGuinELib.backends.device.TorchWorker`).
     """
 
     model_id = ""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from ..study import Scan
-from .base import PointMap, Registration, as_points
+from LinGuinELib.core.study import Scan
+from LinGuinELib.registration.base import PointMap, Registration, as_points
 
 
 class IdentityRegistration(Registration):

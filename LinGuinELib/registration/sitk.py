@@ -26,10 +26,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import coords
-from ..errors import InputError, LinGuinEError
-from ..study import Scan
-from .base import PointMap, Registration, as_points
+from LinGuinELib.core import coords
+from LinGuinELib.core.errors import InputError, LinGuinEError
+from LinGuinELib.core.study import Scan
+from LinGuinELib.registration.base import PointMap, Registration, as_points
 
 _OUTSIDE = -5000.0  # sentinel for "no target data here" (below any windowed intensity)
 _BODY_HU = -500.0

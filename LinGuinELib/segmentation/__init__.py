@@ -1,5 +1,5 @@
 """Point-prompted segmentation backends behind :class:`~LinGuinELib.segmentation.base.Segmenter`."""
 
-from .base import Segmenter
+from LinGuinELib.segmentation.base import Segmenter
 
 __all__ = ["Segmenter"]

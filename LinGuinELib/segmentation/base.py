@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..errors import InputError
-from ..study import Scan
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.study import Scan
 
 
 class Segmenter(ABC):

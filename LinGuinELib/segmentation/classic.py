@@ -28,8 +28,8 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.graph import MCP_Geometric
 
-from ..study import Scan
-from .base import Segmenter
+from LinGuinELib.core.study import Scan
+from LinGuinELib.segmentation.base import Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
 

@@ -10,7 +10,7 @@
   before any call: the session itself would silently ignore an outside point.
 * Positive points are placed first, then negative (correction) points; each runs a prediction, as
   clicks do in the nnInteractive GUIs. The mask is the session's target buffer.
-* All torch work runs on the engine's :class:`~LinGuinELib.device.TorchWorker` thread. The session's own
+* All torch work runs on the engine's :class:`~LinGuinELib.backends.device.TorchWorker` thread. The session's own
   console chatter is sent to this module's logger at DEBUG level.
 """
 
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import free_memory, import_torch_package, resolve_device, shared_worker
-from ..errors import InputError
-from ..models import default_manager
-from ..study import Scan
-from .base import Segmenter
+from LinGuinELib.backends.device import free_memory, import_torch_package, resolve_device, shared_worker
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.backends.models import default_manager
+from LinGuinELib.core.study import Scan
+from LinGuinELib.segmentation.base import Segmenter
 
 DEFAULT_AUTOZOOM = True
 CHECKPOINT = "checkpoint_final.pth"

@@ -40,9 +40,9 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
-from .errors import InputError
-from .output import safe_filename
-from .study import Scan, Study
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.io.output import safe_filename
+from LinGuinELib.core.study import Scan, Study
 
 _SPACING_RTOL, _SPACING_ATOL = 0.01, 0.01  # uniform slice spacing tolerance (relative, mm)
 _GEOM_ATOL = 1e-3  # orientation cosines / pixel spacing / in-plane position tolerance

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from .errors import InputError
-from .study import parse_date
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.study import parse_date
 
 DICOM, NAME, STUDY_FILE, USER = "DICOM", "volume name", "study file", "user"
 

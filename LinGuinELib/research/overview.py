@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .study import Scan
+from LinGuinELib.io.atomic import atomic_path
+from LinGuinELib.core.study import Scan
 
 WINDOW_HU = (-1000.0, 400.0)  # lung-to-soft-tissue window
 MIN_FIELD_MM = 90.0
@@ -52,7 +52,7 @@ def _crop(scan: Scan, k: int, masks, point_lps) -> tuple[slice, slice]:
 
 def write_overview(result, lesion_id: int, path, truth: dict[str, np.ndarray] | None = None,
                    dice: dict[str, float | None] | None = None, title: str = "") -> Path:
-    """Write the figure for one lesion of a :class:`~LinGuinELib.tracking.TrackingResult`.
+    """Write the figure for one lesion of a :class:`~LinGuinELib.core.tracking.TrackingResult`.
 
     ``truth``: scan id -> true bool mask [k, j, i] (optional); ``dice``: scan id -> Dice shown in titles.
     """

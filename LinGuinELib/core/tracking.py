@@ -25,12 +25,12 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from . import __version__
-from .errors import InputError, TrackingCancelled
-from .lesion import Lesion
-from .registration.base import Registration, RegistrationCache
-from .segmentation.base import Segmenter
-from .study import Scan, Study
+from LinGuinELib import __version__
+from LinGuinELib.core.errors import InputError, TrackingCancelled
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.registration.base import Registration, RegistrationCache
+from LinGuinELib.segmentation.base import Segmenter
+from LinGuinELib.core.study import Scan, Study
 
 SOURCE, FOUND, NOT_FOUND, OUTSIDE_FOV = "source", "found", "not_found", "outside_fov"
 

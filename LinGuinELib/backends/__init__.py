@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from .errors import InputError
+from LinGuinELib.core.errors import InputError
 
 REGISTRATIONS = {
     "sitk": ("LinGuinELib.registration.sitk", "SitkRegistration"),

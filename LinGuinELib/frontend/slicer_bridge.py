@@ -2,7 +2,7 @@
 
 Slicer side: world coordinates are RAS mm; a volume's geometry is its 4x4 ``IJKToRAS`` matrix (local
 coordinates) under an optional linear parent transform (local -> world, RAS); ``arrayFromVolume`` gives
-``[k, j, i]`` arrays. Engine side: LPS mm and :class:`~LinGuinELib.study.Scan` (origin, spacing,
+``[k, j, i]`` arrays. Engine side: LPS mm and :class:`~LinGuinELib.core.study.Scan` (origin, spacing,
 direction). A scan built here carries the volume's *world* geometry, so markups positions read with
 ``GetNthControlPointPositionWorld`` (RAS) map straight onto it, while masks stay on the volume's own
 voxel grid. The Slicer module calls these helpers; they are unit-tested without Slicer.
@@ -16,9 +16,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from . import coords
-from .errors import InputError
-from .study import Scan, parse_date
+from LinGuinELib.core import coords
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.study import Scan, parse_date
 
 _ORTHO_TOL = 1e-4
 
@@ -151,7 +151,7 @@ def date_from_name(name: str) -> dt.datetime | None:
 
 
 def dicom_meta(values: dict, files: list[str], sop_instance_uids: list[str]) -> dict:
-    """``scan.meta["dicom"]`` (what :func:`LinGuinELib.dicom_seg.export_segs` needs) for a volume loaded
+    """``scan.meta["dicom"]`` (what :func:`LinGuinELib.io.dicom_seg.export_segs` needs) for a volume loaded
     from Slicer's DICOM database: attribute values of its first file, and its files and SOPInstanceUIDs
     ordered like array index k."""
     if len(files) != len(sop_instance_uids) or not files:

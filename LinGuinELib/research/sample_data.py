@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from urllib.parse import urljoin
 
-from .atomic import atomic_path
-from .errors import LinGuinEError
-from .models import sha256_of
+from LinGuinELib.io.atomic import atomic_path
+from LinGuinELib.core.errors import LinGuinEError
+from LinGuinELib.backends.models import sha256_of
 
 SDIST = "pyradiomics-3.0.1.tar.gz"
 SDIST_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
@@ -32,7 +32,7 @@ FILES = {  # name -> SHA-256 of the file as shipped in the archive's data/ folde
     "lung2_label.nrrd": "cef52738dc51aab69a48fe30639da956d2b911b1c2920439c091fab84727657a",
 }
 DEFAULT_INDEX = "https://pypi.org/simple/"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 Fetch = Callable[[str], bytes]
 

@@ -37,9 +37,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .atomic import atomic_path, atomic_write, staged_outputs
-from .errors import InputError, LinGuinEError
-from .study import Scan, check_3d, check_same_geometry, integer_labels, read_image
+from LinGuinELib.io.atomic import atomic_path, atomic_write, staged_outputs
+from LinGuinELib.core.errors import InputError, LinGuinEError
+from LinGuinELib.core.study import Scan, check_3d, check_same_geometry, integer_labels, read_image
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ HU_RANGE = (-1024, 3071)
 
 def _lesion_geometry(scan: Scan) -> dict[int, dict]:
     """Per lesion id: interior centre (LPS mm), equivalent-sphere radius (mm) and volume (mL)."""
-    from .tracking import interior_centre
+    from LinGuinELib.core.tracking import interior_centre
 
     out = {}
     for lesion_id in (int(v) for v in np.unique(scan.label) if v > 0):
@@ -336,7 +336,7 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
                          "image": entry["image"], "label": entry["label"]})
             scans_truth.append(entry)
             date += dt.timedelta(weeks=int(rng.integers(6, 17)), days=int(rng.integers(-3, 4)))
-        truth = {"generator": "LinGuinELib.synthetic", "source_image": str(image_path), "source_label": str(label_path),
+        truth = {"generator": "LinGuinELib.research.synthetic", "source_image": str(image_path), "source_label": str(label_path),
                  "seed": seed, "difficulty": difficulty, "parameters": asdict(level), "patient_id": patient_id,
                  "baseline_lesions": {str(k): {"radius_mm": v["radius_mm"], "extent_mm": v["extent_mm"],
                                                "final_growth": final_growth[k]} for k, v in lesions.items()},

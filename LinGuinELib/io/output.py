@@ -1,7 +1,7 @@
 """Write a tracking run's outputs: per-scan label maps, lesions.csv and summary.json (all atomic).
 
 * ``<scan_id>.nii.gz``: int label map on that scan's own grid, lesion ids as values.
-* ``lesions.csv``: one row per lesion x scan (:data:`LinGuinELib.measure.LESION_COLUMNS`).
+* ``lesions.csv``: one row per lesion x scan (:data:`LinGuinELib.core.measure.LESION_COLUMNS`).
 * ``summary.json``: backends, seconds per stage, call counts, version, lesions (with TrackingUIDs).
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, staged_outputs, write_image_atomic
-from .measure import LESION_COLUMNS, measurement_rows
+from LinGuinELib.io.atomic import atomic_write, staged_outputs, write_image_atomic
+from LinGuinELib.core.measure import LESION_COLUMNS, measurement_rows
 
 
 def safe_filename(name: str) -> str:

@@ -5,7 +5,7 @@
 * :class:`TorchWorker` runs submitted callables on one persistent thread. cuDNN's autotuning and
   algorithm caches are per thread, so running every forward pass on the same thread keeps them warm; in
   Slicer it also keeps the GUI thread free. Out-of-memory errors (CUDA or host) become a
-  :class:`~LinGuinELib.errors.LinGuinEError` with a clear message after the memory is released, so the
+  :class:`~LinGuinELib.core.errors.LinGuinEError` with a clear message after the memory is released, so the
   host process never dies of them.
 """
 
@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from .errors import InputError, LinGuinEError
+from LinGuinELib.core.errors import InputError, LinGuinEError
 
 # Measured with scripts/bench_gpu.py on 2 shared CPU cores: seconds per uniGradICON registration at 175^3
 # (both directions from one pass) and per nnInteractive point prompt (one 192^3 ResEnc-L pass).

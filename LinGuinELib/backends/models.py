@@ -42,12 +42,12 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from . import __version__
-from .errors import InputError, LinGuinEError, TrackingCancelled
+from LinGuinELib import __version__
+from LinGuinELib.core.errors import InputError, LinGuinEError, TrackingCancelled
 
 Progress = Callable[[str, int, int], "bool | None"]  # (message, bytes done, bytes total or 0) -> False cancels
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # LinGuinELib/
 CATALOGUE_CANDIDATES = (_PACKAGE / "Resources" / "models.json", _PACKAGE.parent / "Resources" / "models.json")
 SHA_RECORD = ".linguine-sha256.json"
 _CHUNK = 1 << 18

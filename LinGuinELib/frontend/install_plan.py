@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
+from LinGuinELib.backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
 
 # Slicer's own packages (and torch, which the PyTorch extension installs): pip must never replace them.
 NEVER_INSTALL = ("SimpleITK", "numpy", "vtk", "torch", "torchvision")
@@ -125,7 +125,7 @@ def _size(mb: int) -> str:
 
 
 def models_to_download(manager, settings: Settings) -> list:
-    """Catalogue entries (:class:`~LinGuinELib.models.ModelSpec`) the chosen backends need that are neither
+    """Catalogue entries (:class:`~LinGuinELib.backends.models.ModelSpec`) the chosen backends need that are neither
     in the local weights folder nor fully in ``manager``'s cache (model ids are backend names)."""
     specs = []
     for name in dict.fromkeys((settings.registration, settings.segmentation)):

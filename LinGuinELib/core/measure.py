@@ -18,7 +18,7 @@ import math
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-from .study import Scan
+from LinGuinELib.core.study import Scan
 
 _CORNERS = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
 
@@ -89,7 +89,7 @@ LESION_COLUMNS = ("lesion_id", "lesion_name", "scan_id", "date", "status", "volu
 
 
 def measurement_rows(result) -> list[dict]:
-    """One row per lesion x scan (study order) for a :class:`~LinGuinELib.tracking.TrackingResult`,
+    """One row per lesion x scan (study order) for a :class:`~LinGuinELib.core.tracking.TrackingResult`,
     measured on the overlap-resolved label maps. Unmeasured values are None."""
     rows = []
     label_maps = {s.scan_id: result.label_map(s.scan_id) for s in result.study}

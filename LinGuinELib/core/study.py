@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import coords
-from .errors import InputError
+from LinGuinELib.core import coords
+from LinGuinELib.core.errors import InputError
 
 _GEOMETRY_TOL = 1e-3
 
@@ -285,28 +285,6 @@ def load_study_csv(csv_path: str | os.PathLike, with_labels: bool = True) -> Stu
         scans.append(Scan.from_sitk(image, scan_id, date, label, source_path=str(image_path),
                                     label_path=str(label_path or "")))
     return Study(patient_id=patients[0] if patients else "", scans=scans, source_path=str(csv_path))
-
-
-def load_study(path: str | os.PathLike, with_labels: bool = True) -> Study:
-    """Load a study from a ``study.csv``, a folder holding one, or a folder of one patient's DICOM series."""
-    path = Path(path)
-    if path.is_dir() and (path / "study.csv").is_file():
-        path = path / "study.csv"
-    if path.is_dir():
-        from .dicom import load_dicom_study  # pydicom is only needed for DICOM studies
-
-        return load_dicom_study(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.suffix.lower() == ".dcm" or _is_dicom_file(path):
-        raise InputError(f"{path}: a single DICOM file is not a study; give the folder holding the patient's "
-                         "DICOM series, or a study.csv")
-    return load_study_csv(path, with_labels=with_labels)
-
-
-def _is_dicom_file(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(132)[128:132] == b"DICM"
 
 
 def load_label_map(path: str | os.PathLike, scan: Scan) -> np.ndarray:

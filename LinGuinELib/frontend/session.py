@@ -22,16 +22,16 @@ from typing import Callable
 
 import numpy as np
 
-from . import coords
-from .backends import make_registration, make_segmenter
-from .errors import InputError
-from .install_plan import Settings
-from .lesion import Lesion
-from .measure import measurement_rows
-from .registration.base import RegistrationCache
-from .slicer_bridge import EDIT_CLICKS, EDIT_MANUAL, STATUS_TEXT
-from .study import Study
-from .tracking import FOUND, NOT_FOUND, SOURCE, LesionPrompt, Observation, Tracker, TrackingResult, interior_centre
+from LinGuinELib.core import coords
+from LinGuinELib.backends import make_registration, make_segmenter
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.frontend.install_plan import Settings
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.core.measure import measurement_rows
+from LinGuinELib.registration.base import RegistrationCache
+from LinGuinELib.frontend.slicer_bridge import EDIT_CLICKS, EDIT_MANUAL, STATUS_TEXT
+from LinGuinELib.core.study import Study
+from LinGuinELib.core.tracking import FOUND, NOT_FOUND, SOURCE, LesionPrompt, Observation, Tracker, TrackingResult, interior_centre
 
 BackendFactory = Callable[[str, str, dict], object]  # (kind "registration"|"segmentation", name, options)
 
@@ -148,7 +148,7 @@ class TrackingSession:
 
     def download_job(self, specs: list, weights: str | None, manager_factory) -> Callable[[], list]:
         """Download model weights (after the user accepted their licenses) with cancellable progress;
-        ``manager_factory(progress=..., acknowledge=...)`` builds a :class:`~LinGuinELib.models.ModelManager`."""
+        ``manager_factory(progress=..., acknowledge=...)`` builds a :class:`~LinGuinELib.backends.models.ModelManager`."""
         self.cancel_event.clear()
 
         def progress(message: str, done: int, total: int) -> bool:

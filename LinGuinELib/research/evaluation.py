@@ -13,7 +13,7 @@ scored against the target's label map:
   P or T is empty.
 * ``propagation_error_mm``: distance (mm) from the registration-propagated point (before any boost
   re-prompt) to the true lesion centre, taken as the interior centre of T
-  (:func:`LinGuinELib.tracking.interior_centre`, the point farthest inside the lesion);
+  (:func:`LinGuinELib.core.tracking.interior_centre`, the point farthest inside the lesion);
   ``point_in_lesion`` tells whether that point's nearest voxel lies in T. Undefined without T.
 * ``weeks``: signed (target - source) in weeks; ``weeks_elapsed`` is its absolute value.
 
@@ -32,12 +32,12 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .lesion import Lesion
-from .registration.base import Registration
-from .segmentation.base import Segmenter
-from .study import Scan, Study
-from .tracking import OUTSIDE_FOV, LesionPrompt, Tracker, TrackingResult, interior_centre
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.registration.base import Registration
+from LinGuinELib.segmentation.base import Segmenter
+from LinGuinELib.core.study import Scan, Study
+from LinGuinELib.core.tracking import OUTSIDE_FOV, LesionPrompt, Tracker, TrackingResult, interior_centre
 
 PAIR_COLUMNS = ("patient_id", "lesion_id", "source_scan", "target_scan", "source_date", "target_date", "weeks",
                 "weeks_elapsed", "prompt", "status", "truth", "outcome", "dice", "ed_mm", "propagation_error_mm",
@@ -269,7 +269,7 @@ def plot_dice_vs_weeks(rows: list[dict], path: Path, slope: float | None) -> Non
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .atomic import atomic_path
+    from LinGuinELib.io.atomic import atomic_path
 
     fig = Figure(figsize=(6.4, 4.4), dpi=110)
     FigureCanvasAgg(fig)
@@ -304,8 +304,8 @@ def plot_dice_vs_weeks(rows: list[dict], path: Path, slope: float | None) -> Non
 def write_evaluation(rows: list[dict], out_dir, config: dict | None = None) -> dict:
     """Write ``per_lesion.csv``, ``summary.json``, ``summary.md`` and ``dice_vs_weeks.png`` into ``out_dir``
     (all together, atomically); returns the summary dict."""
-    from .atomic import atomic_write, staged_outputs
-    from .output import write_rows_csv
+    from LinGuinELib.io.atomic import atomic_write, staged_outputs
+    from LinGuinELib.io.output import write_rows_csv
 
     summary = summary_json(rows, config)
     with staged_outputs(out_dir) as stage:

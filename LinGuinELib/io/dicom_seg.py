@@ -25,13 +25,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from . import __version__
-from .atomic import staged_outputs
-from .dicom import log_stderr
-from .errors import InputError
-from .lesion import Lesion
-from .output import safe_filename
-from .study import Scan, Study
+from LinGuinELib import __version__
+from LinGuinELib.io.atomic import staged_outputs
+from LinGuinELib.io.dicom import log_stderr
+from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.io.output import safe_filename
+from LinGuinELib.core.study import Scan, Study
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map SEG
 CATEGORY = codes.SCT.MorphologicallyAbnormalStructure

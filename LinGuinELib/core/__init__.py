@@ -1,0 +1,1 @@
+"""Engine core: scans and studies, coordinates, lesions, tracking, measurements, errors."""

@@ -1,0 +1,1 @@
+"""Front-end helpers (Slicer module, service clients): sessions, timepoints, install plans, settings."""

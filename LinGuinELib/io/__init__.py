@@ -1,0 +1,1 @@
+"""Reading and writing: DICOM studies, DICOM-SEG, tracking outputs, atomic writes."""

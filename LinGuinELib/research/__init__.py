@@ -1,0 +1,1 @@
+"""Research tools: evaluation, semi-synthetic studies, overview figures, sample data."""
