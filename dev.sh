@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LinGuinE developer entry point: all set-up happens here, on first use.
 #   ./dev.sh demo [--out DIR]   install the CPU engine into .venv and run the demo on real CT
-#   ./dev.sh test [PYTEST ARGS] install engine + test tools + GPU backends, then run the test suite
+#   ./dev.sh test [PYTEST ARGS] install engine + test tools + GPU backends + service + batch, then run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${LINGUINE_VENV:-.venv}"
@@ -29,6 +29,6 @@ ensure_checkers() {  # dciodvfy (Debian dicom3tools) for DICOM conformance tests
 cmd="${1:-}"; shift || true
 case "$cmd" in
     demo) ensure_env ""; exec "$VENV/bin/linguine" demo "$@" ;;
-    test) ensure_env "[test,gpu]"; ensure_checkers; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) ensure_env "[test,gpu,serve,batch]"; ensure_checkers; exec "$VENV/bin/python" -m pytest "$@" ;;
     *) echo "usage: ./dev.sh demo [--out DIR] | ./dev.sh test [pytest args]" >&2; exit 2 ;;
 esac
