@@ -572,7 +572,7 @@ class LinGuinELogic(ScriptedLoadableModuleLogic):
             self._worker.shutdown(wait=False)
 
     def settings(self, parameterNode):
-        from LinGuinELib.frontend.install_plan import Settings
+        from LinGuinELib.frontend.settings import Settings
 
         return Settings(registration=parameterNode.registration, segmentation=parameterNode.segmentation,
                         boost=parameterNode.boost, chain=parameterNode.chain, radius_mm=float(parameterNode.radiusMm),
@@ -1362,7 +1362,7 @@ class LinGuinETest(ScriptedLoadableModuleTest):
     def test_TrackCorrectMeasure(self):
         import numpy as np
 
-        from LinGuinELib.frontend.install_plan import Settings
+        from LinGuinELib.frontend.settings import Settings
         from LinGuinELib.frontend.selftest_data import SPACING, dice
         from LinGuinELib.frontend.slicer_bridge import TAG_ALGORITHM_TYPE, TAG_LESION_ID, TAG_TRACKING_UID, segment_id
 

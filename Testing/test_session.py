@@ -19,7 +19,7 @@ from LinGuinELib.core import coords
 from LinGuinELib.frontend import install_plan
 from LinGuinELib.frontend import slicer_bridge as bridge
 from LinGuinELib.core.errors import InputError, TrackingCancelled
-from LinGuinELib.frontend.install_plan import Settings
+from LinGuinELib.frontend.settings import Settings
 from LinGuinELib.frontend.selftest_data import dice, moving_lesion_study
 from LinGuinELib.frontend.session import TrackingSession, measurement_table, volume_series
 from LinGuinELib.core.study import Study

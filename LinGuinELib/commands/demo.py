@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from LinGuinELib.commands.track import add_backend_arguments, make_tracker, tqdm_progress
+from LinGuinELib.frontend.settings import add_arguments as settings_arguments
+from LinGuinELib.commands.track import make_tracker, tqdm_progress
 
 NAME = "demo"
 HELP = "Track the tumour of a real chest CT through a small semi-synthetic longitudinal study (CPU defaults)."
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="linguine-demo", help="output folder (default: linguine-demo)")
     parser.add_argument("--scans", type=int, choices=(3, 4), default=4, help="timepoints in the study (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic follow-ups (default 0)")
-    add_backend_arguments(parser)
+    settings_arguments(parser)
 
 
 def _study(image: Path, label: Path, folder: Path, n_scans: int, seed: int) -> Path:

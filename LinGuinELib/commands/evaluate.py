@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from LinGuinELib.core.errors import InputError
-from LinGuinELib.commands.track import add_backend_arguments, tqdm_progress
+from LinGuinELib.frontend.settings import add_arguments as settings_arguments
+from LinGuinELib.commands.track import tqdm_progress
 
 NAME = "evaluate"
 HELP = "Score tracking against label maps on labelled studies: Dice, centre distance, propagation error."
@@ -22,11 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt scan: first, middle, last or a scan id (default: first)")
     parser.add_argument("--prompt", choices=("mask", "click"), default="mask",
                         help="prompt each lesion with its true mask (default) or a click at its interior centre")
-    add_backend_arguments(parser)
+    settings_arguments(parser)
 
 
 def run(args) -> int:
-    from LinGuinELib.backends import make_registration, make_segmenter
+    from LinGuinELib.frontend.settings import Settings
     from LinGuinELib.research.evaluation import evaluate_study, summary_markdown, write_evaluation
     from LinGuinELib.io.load import load_study
 
@@ -38,9 +39,8 @@ def run(args) -> int:
                              "give each study its own patient_id")
         seen[study.patient_id] = path
         studies.append(study)
-    options = {"device": args.device, "weights": args.weights, "io_steps": args.io_steps}
-    registration = make_registration(args.registration, **options)
-    segmenter = make_segmenter(args.segmentation, **options)
+    settings = Settings.from_args(args)
+    registration, segmenter = settings.make_registration(), settings.make_segmenter()
     rows = []
     for n, study in enumerate(studies, start=1):
         progress, close = tqdm_progress(f"[{n}/{len(studies)}] {study.patient_id}")

@@ -9,27 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from LinGuinELib.core import coords
-from LinGuinELib.backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
+from LinGuinELib.frontend.settings import Settings
+from LinGuinELib.frontend.settings import add_arguments as settings_arguments
 from LinGuinELib.core.errors import InputError
 
 NAME = "track"
 HELP = "Track lesions from a click or mask on one scan to every other scan of a study."
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Backend and tracking options shared by track, evaluate and demo."""
-    g = parser.add_argument_group("backends and options")
-    g.add_argument("--registration", default=DEFAULT_REGISTRATION, choices=sorted(REGISTRATIONS),
-                   help=f"registration backend (default: {DEFAULT_REGISTRATION})")
-    g.add_argument("--segmentation", default=DEFAULT_SEGMENTATION, choices=sorted(SEGMENTERS),
-                   help=f"segmentation backend (default: {DEFAULT_SEGMENTATION})")
-    g.add_argument("--boost", action="store_true", help="re-prompt at the interior centre of the first mask")
-    g.add_argument("--chain", action="store_true", help="propagate scan to scan outward from the source")
-    g.add_argument("--radius-mm", type=float, default=10.0,
-                   help="keep the nearest mask component within this distance of the point (default 10 mm)")
-    g.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (deep-learning backends)")
-    g.add_argument("--weights", default=None, help="local model weights file or folder (or $LINGUINE_WEIGHTS)")
-    g.add_argument("--io-steps", type=int, default=0, help="instance-optimisation steps (GradICON backends)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", action="append", default=[], help="lesion names, in prompt order")
     parser.add_argument("--out", default="linguine-out", help="output folder (default: linguine-out)")
     parser.add_argument("--dicom-seg", action="store_true", help="also write one DICOM-SEG per timepoint (DICOM studies)")
-    add_backend_arguments(parser)
+    settings_arguments(parser)
 
 
 def make_tracker(study, args, progress=None):
-    """Build the backends named in ``args`` and a Tracker for ``study``."""
-    from LinGuinELib.backends import make_registration, make_segmenter
+    """A Tracker for ``study`` with the backends and options named in ``args``."""
     from LinGuinELib.core.tracking import Tracker
 
-    options = {"device": args.device, "weights": args.weights, "io_steps": args.io_steps}
-    return Tracker(study, make_registration(args.registration, **options),
-                   make_segmenter(args.segmentation, **options),
-                   boost=args.boost, chain=args.chain, radius_mm=args.radius_mm, progress=progress)
+    settings = Settings.from_args(args)
+    return Tracker(study, settings.make_registration(), settings.make_segmenter(), progress=progress,
+                   **settings.tracker_options())
 
 
 def build_prompts(study, args) -> list:

@@ -12,11 +12,11 @@ before anything is installed.
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from LinGuinELib.backends import DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS
+from LinGuinELib.backends import REGISTRATIONS, SEGMENTERS
+from LinGuinELib.frontend.settings import Settings
 
 # Slicer's own packages (and torch, which the PyTorch extension installs): pip must never replace them.
 NEVER_INSTALL = ("SimpleITK", "numpy", "vtk", "torch", "torchvision")
@@ -28,23 +28,6 @@ APPROX_INSTALLED_MB = {
     "connected-components-3d": 19, "scikit-image": 54, "tqdm": 1, "filelock": 1, "scipy": 143, "pydicom": 10,
     "highdicom": 36, "unigradicon": 1740, "icon-registration": 1740, "nninteractive": 500,
 }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Backends and tracking options of one run (hashable: backends are reused while they match)."""
-
-    registration: str = DEFAULT_REGISTRATION
-    segmentation: str = DEFAULT_SEGMENTATION
-    boost: bool = False
-    chain: bool = False
-    radius_mm: float = 10.0
-    device: str = "auto"
-    weights: str | None = None
-
-    def options(self) -> dict:
-        """Keyword options for the backend constructors (each drops those it does not take)."""
-        return {"device": self.device, "weights": self.weights}
 
 
 def backend_module(kind: str, name: str) -> str:

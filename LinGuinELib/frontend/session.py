@@ -25,7 +25,7 @@ import numpy as np
 from LinGuinELib.core import coords
 from LinGuinELib.backends import make_registration, make_segmenter
 from LinGuinELib.core.errors import InputError
-from LinGuinELib.frontend.install_plan import Settings
+from LinGuinELib.frontend.settings import Settings
 from LinGuinELib.core.lesion import Lesion
 from LinGuinELib.core.measure import measurement_rows
 from LinGuinELib.registration.base import RegistrationCache
@@ -169,9 +169,8 @@ class TrackingSession:
         registration = self._backends[reg_key]
         if reg_key not in self._caches:
             self._caches[reg_key] = RegistrationCache(registration)
-        return Tracker(self.study, registration, self._backends[seg_key], boost=settings.boost,
-                       chain=settings.chain, radius_mm=settings.radius_mm, progress=self._report,
-                       cancel=self.cancel_event.is_set, cache=self._caches[reg_key])
+        return Tracker(self.study, registration, self._backends[seg_key], progress=self._report,
+                       cancel=self.cancel_event.is_set, cache=self._caches[reg_key], **settings.tracker_options())
 
     def registrations_computed(self) -> int:
         return sum(c.computed for c in self._caches.values())
