@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="linguine-out", help="output folder (default: linguine-out)")
     parser.add_argument("--dicom-seg", action="store_true", help="also write one DICOM-SEG per timepoint (DICOM studies)")
     settings_arguments(parser)
+    e = parser.add_argument_group("engine service")
+    e.add_argument("--server", metavar="URL", help="track through the engine service at URL (`linguine serve`)")
+    e.add_argument("--token-file", metavar="FILE", help="with --server: file holding its bearer token "
+                                                          "(default: $LINGUINE_TOKEN)")
 
 
 def make_tracker(study, args, progress=None):
@@ -142,8 +146,14 @@ def run(args) -> int:
     prompts = build_prompts(study, args)
     progress, close = tqdm_progress("tracking")
     try:
-        tracker = make_tracker(study, args, progress)
-        result = tracker.track(prompts)
+        if args.server:
+            from LinGuinELib.service.client import client_from_args
+
+            result = client_from_args(args.server, args.token_file).track(study, prompts, Settings.from_args(args),
+                                                                          progress=progress)
+        else:
+            tracker = make_tracker(study, args, progress)
+            result = tracker.track(prompts)
     finally:
         close()
     written = write_tracking_outputs(result, args.out)
