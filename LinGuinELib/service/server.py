@@ -111,14 +111,43 @@ class Job:
         """Tracker progress -> stage, scan and fraction (the Tracker's step messages name the scan)."""
         self.message = message
         self.fraction = min(1.0, done / total) if total else 0.0
-        m = re.match(r"registering (.+) -> (.+)$", message)
-        if m:
-            self.stage, self.scan_id = "registration", m.group(2)
-        elif message == "done":
+        if message.startswith("registering "):
+            return  # the registration itself is reported by JobCache while it runs
+        if message == "done":
             self.stage, self.scan_id = "finishing", None
         else:
             m = re.search(r": (?:segmenting |correcting )?(.+?)(?: \(source\))?$", message)
             self.stage, self.scan_id = "segmentation", (m.group(1) if m else None)
+
+
+class JobCache:
+    """A session's :class:`RegistrationCache` seen by one job: reports the registration stage while a
+    pair is computed (the Tracker's own step messages announce the segmentation that follows)."""
+
+    def __init__(self, cache: RegistrationCache, job: Job):
+        self.cache, self.job = cache, job
+
+    def has(self, source_id: str, target_id: str) -> bool:
+        return self.cache.has(source_id, target_id)
+
+    def get(self, source: Scan, target: Scan):
+        if self.cache.has(source.scan_id, target.scan_id):
+            return self.cache.get(source, target)
+        stage = self.job.stage, self.job.scan_id, self.job.message
+        self.job.stage, self.job.scan_id = "registration", target.scan_id
+        self.job.message = f"registering {source.scan_id} -> {target.scan_id}"
+        try:
+            return self.cache.get(source, target)
+        finally:
+            self.job.stage, self.job.scan_id, self.job.message = stage
+
+    @property
+    def computed(self) -> int:
+        return self.cache.computed
+
+    @property
+    def seconds(self) -> float:
+        return self.cache.seconds
 
 
 class Engine:
@@ -381,7 +410,7 @@ class Engine:
         with self.lock:
             cache = session.caches.setdefault(reg_key, RegistrationCache(registration))
         tracker = Tracker(session.study, registration, segmenter, progress=job.report, cancel=job.cancel.is_set,
-                          cache=cache, **settings.tracker_options())
+                          cache=JobCache(cache, job), **settings.tracker_options())
         if job.kind == "track":
             return protocol.result_to_pack(tracker.track(job.header["_prompts"]))
         lesion, current = job.header["_lesion"], job.header["_current"]
@@ -452,7 +481,7 @@ def create_app(config: ServiceConfig):
     if not config.token:
         raise InputError("the engine service needs a token")
     app = FastAPI(title="LinGuinE engine service", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, redirect_slashes=False)
     engine = Engine(config)
     app.state.engine = engine
     expected = f"Bearer {config.token}".encode()
