@@ -27,7 +27,8 @@ from LinGuinELib.frontend.engine import EngineConnection
 from LinGuinELib.frontend.selftest_data import moving_lesion_study
 from LinGuinELib.frontend.settings import Settings
 from LinGuinELib.service import protocol
-from LinGuinELib.service.client import AuthenticationError, EngineClient, ServiceError, ServiceUnavailable
+from LinGuinELib.service.client import (AuthenticationError, EngineClient, ServiceError, ServiceUnavailable,
+                                        VersionMismatch)
 from LinGuinELib.service.local import LocalService
 
 SETTINGS = Settings(registration="sitk", segmentation="classic", device="cpu")
@@ -129,6 +130,17 @@ def test_second_lesion_adds_no_registration_and_uploads_nothing(service, study):
         results.append(client.job_result(job))
     assert results[0].stats["registration_calls"] == 3
     assert results[1].stats["registration_calls"] == 0 and results[1].stats["registration_calls_total"] == 3
+    # A correction on one timepoint gives the in-process correction.
+    current = results[0].observation(1, "t1")
+    click, negative = current.point_lps + np.array([1.5, 0.0, 0.0]), [current.point_lps + np.array([0.0, 0.0, 30.0])]
+    job = client.submit_correct(sid, 1, "t1", [click], negative, SETTINGS, current)
+    while not client.job_status(job).finished:
+        time.sleep(0.05)
+    corrected = client.job_result(job)
+    tracker = Tracker(s, SETTINGS.make_registration(), SETTINGS.make_segmenter(), **SETTINGS.tracker_options())
+    expected = tracker.resegment(results[0], 1, "t1", np.array([click]), np.array(negative))
+    assert corrected.scan_id == "t1" and corrected.status == expected.status == "found"
+    assert np.array_equal(corrected.mask, expected.mask) and corrected.propagated_from == "t0"
     client.close_session(sid)
 
 
@@ -153,7 +165,7 @@ def test_cancel_during_registration_answers_within_2_s_and_leaves_no_job_running
     client.close_session(sid)
 
 
-def test_missing_or_wrong_token_gets_401_and_no_data_on_every_endpoint(service, study):
+def test_missing_or_wrong_token_gets_401_and_no_data_on_every_endpoint(service, study, monkeypatch):
     s, _ = study
     client = EngineClient(service.url, service.token)
     sid = client.open_study(s)
@@ -172,6 +184,9 @@ def test_missing_or_wrong_token_gets_401_and_no_data_on_every_endpoint(service, 
     assert client.job_status(job).state != "cancelled"  # nothing above reached the job
     with pytest.raises(AuthenticationError, match=service.url):
         EngineClient(service.url, "wrong").health()
+    monkeypatch.setattr(protocol, "PROTOCOL_VERSION", protocol.PROTOCOL_VERSION + 1)
+    with pytest.raises(VersionMismatch, match=service.url):
+        EngineClient(service.url, service.token).health()
     client.close_session(sid)
 
 
@@ -338,8 +353,7 @@ def test_engine_connection_ticks_jobs_and_restarts_a_hung_local_service(study):
         while conn.poll() != "ready":
             assert conn.state != "failed" and time.monotonic() < deadline, conn.error
             time.sleep(0.05)
-        sid = conn.client.open_study(s)
-        job = conn.submit(conn.client.submit_track(sid, [LesionPrompt(Lesion(1), "t0", point_lps=centre)], FAST))
+        job = conn.submit(s, [LesionPrompt(Lesion(1), "t0", point_lps=centre)], FAST)
         seen = []
         while True:
             t0 = time.monotonic()
@@ -350,9 +364,9 @@ def test_engine_connection_ticks_jobs_and_restarts_a_hung_local_service(study):
                 break
             time.sleep(0.05)
         assert status.state == "done" and conn.tick() == {}
-        assert conn.client.job_result(job).observation(1, "t3").found
+        assert conn.result(job).observation(1, "t3").found
         # A hung local service (stopped with SIGSTOP) does not answer the cancel: restarted after 2 s.
-        job = conn.submit(conn.client.submit_track(sid, [LesionPrompt(Lesion(2), "t0", point_lps=centre)], SETTINGS))
+        job = conn.submit(s, [LesionPrompt(Lesion(2), "t0", point_lps=centre)], SETTINGS)
         old_pid = conn.service.process.pid
         os.killpg(old_pid, signal.SIGSTOP)
         start = time.monotonic()

@@ -14,7 +14,7 @@ import sys
 import time
 
 from LinGuinELib.core.errors import InputError, LinGuinEError
-from LinGuinELib.service.client import EngineClient, JobStatus, ServiceError
+from LinGuinELib.service.client import EngineClient, JobStatus, RequestRefused, ServiceError
 from LinGuinELib.service.local import LocalService
 
 IDLE, STARTING, READY, FAILED = "idle", "starting", "ready", "failed"
@@ -38,6 +38,7 @@ class EngineConnection:
         self._started = 0.0
         self._jobs: dict[str, JobStatus] = {}
         self._cancels: dict[str, float] = {}  # job id -> when cancel was asked
+        self._sessions: dict[int, tuple] = {}  # id(study) -> (study, session id)
         self.restarts = 0
 
     # -- connection ---------------------------------------------------------------------------------
@@ -68,6 +69,7 @@ class EngineConnection:
 
     def reset(self) -> None:
         """After a failure: start (or reconnect) again at the next :meth:`poll`."""
+        self._sessions.clear()
         if self.service is not None:
             self.service.stop()
         self.state, self.error, self._client = IDLE, "", None
@@ -79,10 +81,42 @@ class EngineConnection:
         return self._client
 
     # -- jobs ---------------------------------------------------------------------------------------
-    def submit(self, job_id: str) -> str:
-        """Follow a job submitted through :attr:`client` (``submit_track``/``submit_correct``) in :meth:`tick`."""
+    def session_for(self, study) -> str:
+        """The service's session id for this Study object (opened, and its missing scans uploaded, on
+        first use: this call blocks for the upload of new scans)."""
+        key = id(study)
+        if key not in self._sessions or self._sessions[key][0] is not study:
+            self._sessions[key] = (study, self.client.open_study(study))
+        return self._sessions[key][1]
+
+    def _submit(self, study, call) -> str:
+        try:
+            job_id = call(self.session_for(study))
+        except RequestRefused as exc:
+            if exc.status != 404:
+                raise
+            self._sessions.pop(id(study), None)  # the session expired: open it again, once
+            job_id = call(self.session_for(study))
+        return self.follow(job_id)
+
+    def submit(self, study, prompts, settings) -> str:
+        """Queue tracking of ``prompts`` (LesionPrompt: LPS click or mask) on ``study`` -> job id (followed
+        by :meth:`tick`). Re-tracking from a corrected timepoint = a mask prompt on that timepoint."""
+        return self._submit(study, lambda sid: self.client.submit_track(sid, prompts, settings))
+
+    def submit_correct(self, study, lesion_id, scan_id, positive_lps, negative_lps, settings, current) -> str:
+        """Queue correction clicks (LPS mm) on one timepoint given its ``current`` Observation -> job id."""
+        return self._submit(study, lambda sid: self.client.submit_correct(sid, lesion_id, scan_id, positive_lps,
+                                                                          negative_lps, settings, current))
+
+    def follow(self, job_id: str) -> str:
+        """Follow a job submitted directly through :attr:`client` in :meth:`tick`."""
         self._jobs[job_id] = JobStatus(job_id, "queued", "queued")
         return job_id
+
+    def result(self, job_id: str):
+        """A done job's TrackingResult (on the caller's Study object) or Observation."""
+        return self.client.job_result(job_id)
 
     def tick(self) -> dict[str, JobStatus]:
         """The latest status of every followed job (short-timeout calls; a job that reached a final state
@@ -124,6 +158,7 @@ class EngineConnection:
 
     def _restart(self) -> None:
         self.restarts += 1
+        self._sessions.clear()
         self.service.restart()
         self.state, self._client, self._started = STARTING, None, time.monotonic()
         for job_id in list(self._jobs):
@@ -134,6 +169,7 @@ class EngineConnection:
         """Stop a local service (terminate, then kill); forget every job."""
         self._jobs.clear()
         self._cancels.clear()
+        self._sessions.clear()
         if self.service is not None:
             self.service.stop()
         self.state, self._client = IDLE, None

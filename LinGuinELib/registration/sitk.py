@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LinGuinELib.core import coords
-from LinGuinELib.core.errors import InputError, LinGuinEError
+from LinGuinELib.core import cancel, coords
+from LinGuinELib.core.errors import InputError, LinGuinEError, TrackingCancelled
 from LinGuinELib.core.study import Scan
 from LinGuinELib.registration.base import PointMap, Registration, as_points
 
@@ -72,6 +72,12 @@ class TransformPointMap:
     def __call__(self, points: np.ndarray) -> np.ndarray:
         pts = as_points(points)
         return np.array([self.transform.TransformPoint(tuple(p)) for p in pts], dtype=float).reshape(-1, 3)
+
+
+def _check_cancel() -> None:
+    """After an optimiser that :func:`cancel.requested` stopped early: end the registration."""
+    if cancel.requested():
+        raise TrackingCancelled("tracking cancelled by the user")
 
 
 class SitkRegistration(Registration):
@@ -188,7 +194,9 @@ class SitkRegistration(Registration):
             reg.SetShrinkFactorsPerLevel([2, 1])
             reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
             reg.SetInitialTransform(tx, inPlace=True)
+            reg.AddCommand(sitk.sitkIterationEvent, lambda reg=reg: reg.StopRegistration() if cancel.requested() else None)
             reg.Execute(fixed, moving)
+            _check_cancel()
         return affine
 
     # ---- deformable stage ------------------------------------------------------------------------
@@ -220,7 +228,10 @@ class SitkRegistration(Registration):
             demons.SetNumberOfIterations(iterations)
             demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))  # ITK default: 1e-3
             demons.SetStandardDeviations([sigma / s for s in fixed.GetSpacing()])
+            demons.AddCommand(sitk.sitkIterationEvent,
+                              lambda demons=demons: demons.StopRegistration() if cancel.requested() else None)
             field = demons.Execute(fixed, moving, field)
+            _check_cancel()
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
             raise LinGuinEError("the demons displacement field diverged")
         return field
@@ -243,6 +254,8 @@ class SitkRegistration(Registration):
                 margin = 2 * np.array(fixed.GetSpacing())
                 box = np.array([body.min(axis=0) - margin, body.max(axis=0) + margin])
                 field = None if self.deformable == "none" else self._demons(source, target, affine, box)
+        except TrackingCancelled:
+            raise
         except (RuntimeError, LinGuinEError) as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise LinGuinEError(f"sitk registration of scan '{source.scan_id}' to scan '{target.scan_id}' "

@@ -98,6 +98,8 @@ class EngineClient:
         self._parsed = parsed
         self.token = token.strip()
         self.timeout_s = float(timeout_s)
+        # Compression costs more CPU time than it saves on loopback (a local service or an SSH tunnel).
+        self.compress = not protocol.is_loopback(parsed.hostname)
         self._server: dict | None = None
         self._studies: dict[str, Study] = {}
         self._jobs: dict[str, str] = {}  # job id -> session id
@@ -178,7 +180,7 @@ class EngineClient:
             except RequestRefused as exc:
                 if exc.status != 404:
                     raise
-                _, data = protocol.pack_scan(scan)
+                _, data = protocol.pack_scan(scan, self.compress)
                 if len(data) > limit:
                     raise RequestRefused(f"scan '{scan.scan_id}' is {len(data) / 2**20:.0f} MB compressed; the engine "
                                          f"service at {self.url} accepts at most {limit / 2**20:.0f} MB per upload "

@@ -12,9 +12,7 @@ the body is read) and validated (:mod:`LinGuinELib.service.protocol`); every err
 """
 
 
-import datetime as dt
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -32,8 +30,8 @@ import numpy as np
 
 from LinGuinELib import __version__
 from LinGuinELib.backends import REGISTRATIONS, SEGMENTERS
+from LinGuinELib.core.cancel import cancel_scope
 from LinGuinELib.core.errors import InputError, LinGuinEError, TrackingCancelled
-from LinGuinELib.core.lesion import Lesion
 from LinGuinELib.core.study import Scan, Study, parse_date
 from LinGuinELib.core.tracking import LesionPrompt, Tracker, TrackingResult
 from LinGuinELib.frontend.settings import Settings
@@ -412,7 +410,8 @@ class Engine:
         tracker = Tracker(session.study, registration, segmenter, progress=job.report, cancel=job.cancel.is_set,
                           cache=JobCache(cache, job), **settings.tracker_options())
         if job.kind == "track":
-            return protocol.result_to_pack(tracker.track(job.header["_prompts"]))
+            with cancel_scope(job.cancel.is_set):  # reaches into the registration's optimisers
+                return protocol.result_to_pack(tracker.track(job.header["_prompts"]))
         lesion, current = job.header["_lesion"], job.header["_current"]
         job.report(f"{lesion.name}: correcting {current.scan_id}", 0, 1)
         scratch = TrackingResult(session.study, [lesion], {lesion.lesion_id: {current.scan_id: current}})
@@ -611,15 +610,6 @@ def create_app(config: ServiceConfig):
 
 
 # -- running ----------------------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def load_or_make_token(token_file: str | None, host: str) -> tuple[str, str]:
     """(token, where it came from). ``$LINGUINE_TOKEN`` wins; else ``token_file`` is read if it exists and
     is non-empty, or created (mode 0600) with a fresh random token; without either, a loopback service
@@ -641,7 +631,7 @@ def load_or_make_token(token_file: str | None, host: str) -> tuple[str, str]:
             fh.write(token + "\n")
         os.replace(tmp, path)
         return token, str(path)
-    if not is_loopback(host):
+    if not protocol.is_loopback(host):
         raise InputError(f"refusing to serve on {host} (not loopback) without a token: give --token-file FILE "
                          "or set LINGUINE_TOKEN")
     return secrets.token_urlsafe(32), "printed"
@@ -663,7 +653,7 @@ def run(host: str = "127.0.0.1", port: int = 8765, token_file: str | None = None
     token, source = load_or_make_token(token_file, host)
     if source == "printed":
         print(f"linguine serve: token for this run: {token}", file=sys.stderr)
-    if not is_loopback(host) and not tls_cert:
+    if not protocol.is_loopback(host) and not tls_cert:
         log.warning("serving on %s without TLS: tokens and scans cross the network in clear text; give "
                     "--tls-cert/--tls-key or reach the service through an SSH tunnel", host)
     app = create_app(ServiceConfig(token=token, device=device, max_upload_mb=max_upload_mb,
