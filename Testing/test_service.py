@@ -341,6 +341,10 @@ def test_idle_sessions_expire_and_free_memory(study):
             time.sleep(0.2)
         assert info["memory_bytes"] == 0 and info["sessions"] == 0 and info["scans"] == 0
         assert_clean_error(*raw(svc.url, "GET", f"/v1/sessions/{sid}", None, svc.token), 404, "expired")
+        log = svc.log_path.read_text()
+        assert "GET /v1/sessions/{sid} 404" in log and "PUT /v1/scans/{digest} 201" in log
+        digest = protocol.scan_hash(s.scans[0].array, s.scans[0].origin, s.scans[0].spacing, s.scans[0].direction)
+        assert sid not in log and digest not in log and "p1" not in log  # no ids of patients, scans or sessions
     finally:
         svc.stop()
 
@@ -383,3 +387,26 @@ def test_engine_connection_ticks_jobs_and_restarts_a_hung_local_service(study):
     finally:
         conn.shutdown()
     assert conn.service.process is None or conn.service.process.poll() is not None
+
+
+def test_token_file_is_private_and_non_loopback_needs_a_token(tmp_path, monkeypatch):
+    from LinGuinELib.core.errors import InputError
+    from LinGuinELib.service.server import load_or_make_token
+
+    monkeypatch.delenv("LINGUINE_TOKEN", raising=False)
+    token, where = load_or_make_token(str(tmp_path / "t" / "token"), "127.0.0.1")
+    path = tmp_path / "t" / "token"
+    assert where == str(path) and path.read_text().strip() == token and len(token) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_make_token(str(path), "0.0.0.0")[0] == token  # a team server keeps its token file
+    assert load_or_make_token(None, "127.0.0.1")[0] != load_or_make_token(None, "127.0.0.1")[0]
+    with pytest.raises(InputError, match="without a token"):
+        load_or_make_token(None, "0.0.0.0")
+
+
+def test_serve_without_fastapi_says_which_extra_to_install(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert main(["serve"]) == 2
+    assert "linguine[serve]" in capsys.readouterr().err
