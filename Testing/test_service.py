@@ -149,6 +149,10 @@ def test_cancel_during_registration_answers_within_2_s_and_leaves_no_job_running
     client = EngineClient(service.url, service.token)
     sid = client.open_study(s)
     job = client.submit_track(sid, [LesionPrompt(Lesion(1), "t1", point_lps=centre)], SETTINGS)
+    queued = [client.submit_track(sid, [LesionPrompt(Lesion(n), "t1", point_lps=centre)], SETTINGS) for n in (2, 3)]
+    assert [client.job_status(j).queue_ahead for j in queued] == [1, 2]  # "busy, 2 jobs ahead"
+    assert client.cancel(queued[1]).state == "cancelled" and client.job_status(queued[0]).queue_ahead == 1
+    assert client.cancel(queued[0]).state == "cancelled"
     deadline = time.monotonic() + 30
     while (st := client.job_status(job)).stage != "registration":
         assert time.monotonic() < deadline and not st.finished, st
@@ -345,6 +349,26 @@ def test_idle_sessions_expire_and_free_memory(study):
         assert "GET /v1/sessions/{sid} 404" in log and "PUT /v1/scans/{digest} 201" in log
         digest = protocol.scan_hash(s.scans[0].array, s.scans[0].origin, s.scans[0].spacing, s.scans[0].direction)
         assert sid not in log and digest not in log and "p1" not in log  # no ids of patients, scans or sessions
+    finally:
+        svc.stop()
+
+
+def test_memory_cap_evicts_the_least_recently_used_idle_study(study):
+    s, _ = study
+    other = Study("p2", [bridge.scan_from_volume(x.scan_id, x.array + 1, np.diag([-1.5, -1.5, 3.0, 1.0]), x.date)
+                         for x in s.scans])
+    one_study = sum(x.array.nbytes for x in s)
+    svc = LocalService(extra_args=("--max-memory-gb", str(1.5 * one_study / 2**30), "--device", "cpu"))
+    svc.start()
+    try:
+        svc.wait_ready(120)
+        client = EngineClient(svc.url, svc.token)
+        first = client.open_study(s)
+        second = client.open_study(other)  # does not fit beside the first: the idle first study goes
+        info = client.health()
+        assert info["sessions"] == 1 and one_study <= info["memory_bytes"] <= 1.5 * one_study
+        assert_clean_error(*raw(svc.url, "GET", f"/v1/sessions/{first}", None, svc.token), 404, "open the study again")
+        assert raw(svc.url, "GET", f"/v1/sessions/{second}", None, svc.token)[0] == 200
     finally:
         svc.stop()
 

@@ -42,7 +42,7 @@ log = logging.getLogger("linguine.service")
 access_log = logging.getLogger("linguine.access")
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-TERMINAL = ("done", "failed", "cancelled")
+PENDING_S = 120.0  # an upload no session uses yet is kept this long before LRU scans of idle sessions
 
 
 class ServiceError(Exception):
@@ -194,20 +194,26 @@ class Engine:
                 forget(scan_id)
 
     def _make_room(self, need: int) -> None:
-        """Evict least-recently-used unreferenced scans, then idle sessions, until ``need`` bytes fit."""
+        """Evict until ``need`` more bytes fit: first scans no session uses and nobody uploaded in the last
+        ``PENDING_S`` seconds, then the least recently used idle sessions (their scans become free), then,
+        as a last resort, recent uploads no session uses yet (least recently used first)."""
         cap = self.config.max_memory_bytes
         while self.memory_bytes() + need > cap:
             referenced = self._referenced()
-            free = [h for h in self.scans if h not in referenced]
-            if free:
-                del self.scans[free[0]]
-                continue
+            recent = time.monotonic() - PENDING_S
+            free = [h for h, s in self.scans.items() if h not in referenced]
+            old = [h for h in free if self.scans[h].last_used < recent]
             idle = [sid for sid, s in self.sessions.items() if not self._busy(s)]
-            if not idle:
+            if old:
+                del self.scans[old[0]]
+            elif idle:
+                self._drop_session(idle[0])
+            elif free:
+                del self.scans[free[0]]
+            else:
                 raise ServiceError(507, f"the engine service's memory limit ({self.config.max_memory_gb:g} GB) is "
                                         "reached by studies with jobs running; try again when they finish, or ask "
                                         "its administrator to raise --max-memory-gb")
-            self._drop_session(idle[0])
 
     def _busy(self, session: StudySession) -> bool:
         return any(self.jobs[j].state in ("queued", "running") for j in session.jobs if j in self.jobs)
