@@ -149,3 +149,15 @@ class SceneTimepoints:
             if key == volume_id:
                 return label
         raise InputError("that volume is not a timepoint of the tracking session; choose the prompt's timepoint")
+
+
+def dicom_values(volume, database) -> tuple[dict, list, list]:
+    """(attribute values, files, SOPInstanceUIDs) of a volume loaded from Slicer's DICOM database
+    (``slicer.dicomDatabase``); empty when it was not, or its files are no longer in the database."""
+    from LinGuinELib.io.dicom_attributes import DICOM_TAGS
+
+    uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+    files = [database.fileForInstance(uid) for uid in uids] if uids and database is not None else []
+    if not files or not all(files):
+        return {}, [], []
+    return {k: database.fileValue(files[0], tag) for k, tag in DICOM_TAGS.items()}, files, uids
