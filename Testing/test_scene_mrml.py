@@ -427,3 +427,44 @@ def test_export_of_a_non_dicom_study_writes_label_maps_and_csv_with_a_note(track
         assert path
     first = sitk.GetArrayFromImage(sitk.ReadImage(report.written[0]))
     assert np.array_equal(first > 0, tracked.results.mask(1, tracked.volumes[0].GetName()))
+
+
+# -- the module's controller --------------------------------------------------------------------------
+def test_controller_tracks_through_a_remote_engine_and_places_items_in_the_hierarchy(scene, tmp_path):
+    from types import SimpleNamespace
+
+    from LinGuinESceneLib.controller import SceneController
+
+    made = []
+
+    def factory(mode, url, token):
+        made.append((mode, url, token))
+        return scene.connection
+
+    scene.connection.shutdown = lambda: made.append("shutdown")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    controller = SceneController(str(REPO / "Resources"), scene.app.app_logic, factory, confirm=lambda *a: True,
+                                 inform=lambda *a: None)
+    p = SimpleNamespace(registration="identity", segmentation="classic", boost=False, chain=False, radiusMm=12.0,
+                        device="cpu", weightsFolder=None, engineMode="remote", engineUrl="https://gpu.example:8765",
+                        engineTokenFile=str(token), lesionName="", promptPoints=None, positiveClicks=None,
+                        negativeClicks=None, measurementTable=None, volumePlot=None)
+    controller.ensureMarkupsNodes(p)
+    controller.timepoints = scene.tps  # the volumes of the fixture
+    controller.results, controller.prompts, controller.jobs = scene.results, scene.prompts, scene.jobs
+    scene.jobs.connection = None
+    scene.tps.refresh()
+    assert controller.prepare(p)
+    assert made == [("remote", "https://gpu.example:8765", "s3cret")]
+    p.promptPoints.AddControlPointWorld(*world_centre_ras(scene.volumes[0], CENTRES_KJI[0]))
+    controller.track(p, scene.volumes[0].GetID(), markups=p.promptPoints)
+    assert run_jobs(scene).ok
+    controller.afterJob(p, scene.jobs.outcome)
+    assert p.promptPoints.GetNumberOfControlPoints() == 0
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    studies = {sh.GetItemParent(sh.GetItemByDataNode(v)) for v in scene.volumes}
+    assert len(studies) == 3 and all(sh.GetItemLevel(s) == "Study" for s in studies)
+    assert controller.updateMeasurements(p).GetNumberOfRows() == 3
+    controller.shutdown()
+    assert made[-1] == "shutdown" and ("close", "session1") in scene.connection.client.calls

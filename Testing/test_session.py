@@ -533,3 +533,28 @@ def test_selftest_scenario_tracks_with_the_cpu_backends():
     assert session.registrations_computed() == computed
     obs = session.correction_job(a.lesion_id, scans[1].scan_id, [timepoints[1]["centre_ras"]], None, settings)()
     assert dice(obs.mask, timepoints[1]["truth"]) > 0.7
+
+
+# -- installs ----------------------------------------------------------------------------------------
+def test_pip_constraints_pin_slicers_own_packages_at_their_installed_versions():
+    import importlib.metadata
+
+    from LinGuinELib.frontend import install_plan as plan
+
+    versions = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "vtk": "9.4.2"}
+
+    def version_of(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    lines = plan.constraints_text(version_of).split()
+    assert lines == ["SimpleITK==2.4.0", "numpy==1.26.4", "vtk==9.4.2"]  # torch absent: nothing to pin
+
+
+def test_a_restart_is_required_before_replacing_an_imported_torch():
+    from LinGuinELib.frontend.install_plan import restart_needed_for_torch
+
+    assert restart_needed_for_torch(True, {"torch", "numpy"})
+    assert not restart_needed_for_torch(True, {"numpy"})
+    assert not restart_needed_for_torch(False, {"torch"})
