@@ -39,6 +39,7 @@ class SceneController:
         self.installer = Installer(resources, confirm, inform)
         self.jobs = EngineJobs(self.timepoints, self.results, None)
         self._factory, self._engineKey = connection_factory, None
+        self._accepted: set[str] = set()  # model ids whose weight licences the user accepted
 
     @property
     def session(self):
@@ -115,12 +116,29 @@ class SceneController:
         :meth:`SceneTimepoints.ensure_session` for ``confirm``), and hand edits read back."""
         if self.jobs.busy:
             raise InputError("LinGuinE is still working; wait for it to finish or press Cancel")
-        if p.engineMode == "local" and not self.installer.ensure(self.settings(p)):
+        if p.engineMode == "local" and not (self.installer.ensure(self.settings(p)) and self._licences(p)):
             return False
         self._engine(p)
         if self.timepoints.ensure_session(confirm) is None:
             return False
         self.results.sync_edits()
+        return True
+
+    def _licences(self, p) -> bool:
+        """Show the licence and size of model weights the local engine will download, once accepted."""
+        from LinGuinELib.backends import models
+        from LinGuinELib.frontend.install_plan import models_to_download
+
+        specs = models_to_download(models.default_manager(), self.settings(p))
+        if not specs or self._accepted >= {s.id for s in specs}:
+            return True
+        lines = [f"- {s.name}: about {s.approx_bytes / 1e6:.0f} MB, license {s.license} ({s.license_url})"
+                 + (f"\n  {s.notice}" if s.show_license and s.notice else "") for s in specs]
+        if not self.installer.confirm(f"The chosen backends need model weights, downloaded once to "
+                                      f"{models.linguine_home()}:\n\n" + "\n".join(lines)
+                                      + "\n\nDownload them and accept these licenses?", "LinGuinE - model weights"):
+            return False
+        self._accepted |= {s.id for s in specs}
         return True
 
     def track(self, p, volumeId, markups=None, segmentation=None, segmentId=None) -> None:
