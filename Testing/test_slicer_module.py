@@ -340,3 +340,5 @@ def test_no_python_threads_in_the_module_and_no_qt_in_its_scene_layer():
     for path in SCENE_LIB:
         assert not qt_import.search(path.read_text()), f"{path.name} imports Qt"
     assert len(MODULE.read_text().splitlines()) <= 600
+    # no progress dialog's canceled() (emitted by Qt when such a dialog is merely closed) cancels a job
+    assert not re.search(r'connect\(\s*"canceled\(\)"', MODULE.read_text())
