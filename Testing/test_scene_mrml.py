@@ -32,7 +32,8 @@ PARENT_SHIFT_RAS = np.array([12.0, -6.0, 3.0])  # the third volume sits under th
 
 
 @dataclass
-class JobStatus:
+class JobStatus:  # the fields of LinGuinELib.service.client.JobStatus
+    job_id: str
     state: str
     message: str = ""
     stage: str = ""
@@ -90,7 +91,8 @@ class FakeClient:
                 job["state"], job["error"] = "failed", self.fail
             else:
                 job["result"], job["state"] = job["run"](), "done"
-        return JobStatus(job["state"], job.get("error", ""), "segmenting", "", 0.5 if job["state"] == "running" else 1)
+        return JobStatus(job_id, job["state"], job.get("error", ""), "segmentation", None,
+                         0.5 if job["state"] == "running" else 1.0)
 
     def job_result(self, job_id):
         return self.jobs[job_id]["result"]
@@ -103,14 +105,27 @@ class FakeClient:
 
 
 class FakeConnection:
-    """EngineConnection's shape: poll() is False once (the local service starting), then True."""
+    """LinGuinELib.frontend.engine.EngineConnection's shape: poll() says "starting" once (the local
+    service starting), then "ready"; tick() reports the followed jobs until they finish."""
 
     def __init__(self):
-        self.client, self.polls, self.cancelled = FakeClient(), 0, []
+        self.client, self.polls, self.cancelled, self.followed, self.error = FakeClient(), 0, [], set(), ""
 
     def poll(self):
         self.polls += 1
-        return self.polls > 1
+        return "ready" if self.polls > 1 else "starting"
+
+    def reset(self):
+        self.polls = 0
+
+    def submit(self, job_id):
+        self.followed.add(job_id)
+        return job_id
+
+    def tick(self):
+        out = {job_id: self.client.job_status(job_id) for job_id in sorted(self.followed)}
+        self.followed -= {j for j, s in out.items() if s.state in ("done", "failed", "cancelled")}
+        return out
 
     def cancel(self, job_id):
         self.cancelled.append(job_id)

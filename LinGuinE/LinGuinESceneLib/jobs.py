@@ -6,8 +6,9 @@ when its job is done; a failed, cancelled or crashed job (or one whose result ca
 the session and the scene as they were.
 
 ``connection`` is :class:`LinGuinELib.frontend.engine.EngineConnection` (or an object of the same
-shape): ``poll()`` -> True once the service answers (starting the local one if needed), ``client`` (an
-:class:`LinGuinELib.service.client.EngineClient`) and ``cancel(job_id)``.
+shape): ``poll()`` -> "idle" | "starting" | "ready" | "failed" (with ``error``), ``reset()``, ``client``
+(an :class:`LinGuinELib.service.client.EngineClient`), ``submit(job_id)`` to follow a job, ``tick()`` ->
+{job id: JobStatus} (short-timeout calls; applies the cancel-then-restart rule), ``cancel(job_id)``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import numpy as np
 from LinGuinELib.core import coords
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.tracking import LesionPrompt
-
-POLL_TIMEOUT_S = 0.05  # per status call from the GUI's timer
 
 
 @dataclass
@@ -123,29 +122,30 @@ class EngineJobs:
             if job.job_id is None:
                 if self._cancelling:
                     return self._finish(JobOutcome(False, "Cancelled; the scene was left unchanged."))
-                if not self.connection.poll():
+                state = self.connection.poll()
+                if state == "failed":
+                    error = self.connection.error
+                    self.connection.reset()  # start (or reconnect) again at the next job
+                    return self._finish(JobOutcome(False, f"Failed: {error}", job.lesion_id, job.scan_id))
+                if state != "ready":
                     self.progress = ("starting the engine service...", 0.0)
                     return True
-                job.job_id = job.submit(self.connection.client, self._session_id())
+                job.job_id = self.connection.submit(job.submit(self.connection.client, self._session_id()))
                 self.progress = ("submitted", 0.0)
                 return True
-            status = self.connection.client.job_status(job.job_id, timeout_s=POLL_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - a dead or unreachable service: report, keep Slicer running
-            logging.exception("LinGuinE engine call failed")
-            if self._cancelling:
+            status = self.connection.tick().get(job.job_id)
+            if status is None:
+                return True
+            self.progress = (self.status_text(status), float(status.fraction or 0.0))
+            if status.state in ("queued", "running"):
+                return True
+            if status.state == "cancelled" or (self._cancelling and status.state == "failed"):
                 return self._finish(JobOutcome(False, "Cancelled; the scene was left unchanged."))
-            return self._finish(JobOutcome(False, f"Failed: {exc}", job.lesion_id, job.scan_id))
-        self.progress = (self.status_text(status), float(status.fraction or 0.0))
-        if status.state in ("queued", "running"):
-            return True
-        if status.state == "cancelled":
-            return self._finish(JobOutcome(False, "Cancelled; the scene was left unchanged."))
-        if status.state == "failed":
-            return self._finish(JobOutcome(False, f"Failed: {status.message}", job.lesion_id, job.scan_id))
-        try:
+            if status.state == "failed":
+                return self._finish(JobOutcome(False, f"Failed: {status.message}", job.lesion_id, job.scan_id))
             job.apply(self.connection.client.job_result(job.job_id))
-        except Exception as exc:  # noqa: BLE001 - rolled back above; the user sees why
-            logging.exception("LinGuinE could not apply the result")
+        except Exception as exc:  # noqa: BLE001 - a dead service or a result that cannot be applied (rolled back)
+            logging.exception("LinGuinE engine job failed")
             return self._finish(JobOutcome(False, f"Failed: {exc}", job.lesion_id, job.scan_id))
         done = {"track": "Tracking finished.", "correct": "Correction applied."}[job.kind]
         return self._finish(JobOutcome(True, done, job.lesion_id, job.scan_id))
