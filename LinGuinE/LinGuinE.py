@@ -243,8 +243,10 @@ class LinGuinEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Invalid timepoint value."), waitCursor=False):
             try:
                 table = self.logic.timepoints.table
-                (table.set_date if item.column() == 1 else table.set_label)(item.row(), item.text()) \
-                    if item.column() in (1, 2) else None
+                if item.column() == 1:
+                    table.set_date(item.row(), item.text())
+                elif item.column() == 2:
+                    table.set_label(item.row(), item.text())
             finally:
                 self.updateTimepointsTable()
 

@@ -483,3 +483,14 @@ def test_controller_tracks_through_a_remote_engine_and_places_items_in_the_hiera
     assert controller.updateMeasurements(p).GetNumberOfRows() == 3
     controller.shutdown()
     assert made[-1] == "shutdown" and ("close", "session1") in scene.connection.client.calls
+
+
+def test_a_local_service_that_fails_to_start_is_reported_and_retried_at_the_next_job(tracked):
+    tracked.connection.poll = lambda: "failed"
+    tracked.connection.error = "the local engine service did not start within 120 s (log: /tmp/x.log)"
+    resets = []
+    tracked.connection.reset = lambda: resets.append(1)
+    tracked.jobs.retrack(1, tracked.volumes[1].GetName(), settings())
+    outcome = run_jobs(tracked)
+    assert not outcome.ok and "did not start within 120 s" in outcome.message and resets == [1]
+    assert not tracked.jobs.busy and list(tracked.tps.session.lesions) == [1]
