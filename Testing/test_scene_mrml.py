@@ -19,7 +19,7 @@ from conftest import REPO
 pytestmark = pytest.mark.mrml
 sys.path.insert(0, str(REPO / "LinGuinE"))
 
-slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extra; install it (./dev.sh test)")
+import slicer  # noqa: E402 - PyPI slicer-core, in the test extra: these tests must run, never skip
 import vtk  # noqa: E402
 
 from fakes import ShiftRegistration, ThresholdSegmenter  # noqa: E402
@@ -402,10 +402,12 @@ def test_review_views_centre_each_timepoint_and_stay_after_a_scroll(tracked):
     for logic, volume in zip(logics[1:], tracked.volumes[1:]):
         assert np.allclose(slicer.util.arrayFromVTKMatrix(logic.GetSliceNode().GetSliceToRAS())[:3, 3],
                            centres[volume.GetName()], atol=1e-6)
-    review.end()
+    review.layout_node().SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)  # the user moves on
+    assert not review.active
     assert [seg0.GetDisplayNode().GetNthViewNodeID(n)
             for n in range(seg0.GetDisplayNode().GetNumberOfViewNodeIDs())] == restrictions
     assert all(l.GetSliceCompositeNode().GetLinkedControl() for l in logics)
+    assert review.layout_node().GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
 
 
 # -- measurements and export -------------------------------------------------------------------------

@@ -182,7 +182,7 @@ class SceneController:
     def reset(self) -> None:
         """Forget the session (the scene is being closed); a running job's result is dropped."""
         self.jobs.reset()
-        self.review._saved = None
+        self.review.end(restore_layout=False)
         self.results.reset()
         self.timepoints.reset()
 

@@ -3,13 +3,15 @@
 The views are deliberately NOT linked: linked slice views broadcast ``SliceToRAS``, so one scroll (or
 one centring) would move every view to the same RAS point, while the lesion sits elsewhere on each
 timepoint. Each timepoint's segmentation is shown only in its own review view (plus the standard views)
-while reviewing; :meth:`ReviewLayout.end` restores the view restrictions, linking and layout found.
+while reviewing; the review ends when the user switches to another layout (or :meth:`ReviewLayout.end`
+is called), which restores the view restrictions and linking found.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import slicer
+import vtk
 
 from LinGuinELib.core import coords
 from LinGuinELib.frontend import slicer_bridge as bridge
@@ -24,6 +26,7 @@ class ReviewLayout:
     def __init__(self, timepoints, results, app_logic):
         self.timepoints, self.results, self.app_logic = timepoints, results, app_logic
         self._saved = None  # (layout arrangement, {display node ID: view node IDs}, {composite ID: linked})
+        self._layout_id, self._observer = None, None
 
     @staticmethod
     def layout_node():
@@ -47,8 +50,14 @@ class ReviewLayout:
             layout.AddLayoutDescription(layout_id, xml)
         if self._saved is None:
             self._saved = (layout.GetViewArrangement(), {}, {})
+            self._observer = layout.AddObserver(vtk.vtkCommand.ModifiedEvent, self._on_layout_modified)
+        self._layout_id = layout_id
         layout.SetViewArrangement(layout_id)
         return self.view_names()
+
+    def _on_layout_modified(self, layout, _event) -> None:
+        if self._saved is not None and layout.GetViewArrangement() != self._layout_id:
+            self.end(restore_layout=False)  # the user chose another layout: keep it
 
     def show(self, lesion_id: int | None = None) -> dict[str, np.ndarray]:
         """Fill the (existing) review views: each timepoint's volume, its own segmentation only, and
@@ -104,12 +113,17 @@ class ReviewLayout:
     def active(self) -> bool:
         return self._saved is not None
 
-    def end(self) -> None:
-        """Restore the view restrictions of the segmentation displays, the views' linking and the layout."""
+    def end(self, restore_layout: bool = True) -> None:
+        """Restore the view restrictions of the segmentation displays, the views' linking and (unless the
+        user already chose another one) the layout."""
         if self._saved is None:
             return
         arrangement, displays, links = self._saved
         self._saved = None
+        layout = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")  # None while a scene closes
+        if self._observer is not None and layout is not None:
+            layout.RemoveObserver(self._observer)
+        self._observer = None
         for display_id, views in displays.items():
             display = slicer.mrmlScene.GetNodeByID(display_id)
             if display is not None:
@@ -120,4 +134,5 @@ class ReviewLayout:
             composite = slicer.mrmlScene.GetNodeByID(composite_id)
             if composite is not None:
                 composite.SetLinkedControl(linked)
-        self.layout_node().SetViewArrangement(arrangement)
+        if restore_layout and layout is not None:
+            layout.SetViewArrangement(arrangement)
