@@ -211,6 +211,16 @@ class LinGuinEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              (self.ui.positiveClicksPlaceWidget, self._parameterNode.positiveClicks),
                              (self.ui.negativeClicksPlaceWidget, self._parameterNode.negativeClicks)):
             widget.setCurrentNode(node)
+        points, event = self._parameterNode.promptPoints, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent
+        self.removeObserver(points, event, self.onPromptPointPlaced)
+        self.addObserver(points, event, self.onPromptPointPlaced)
+
+    def onPromptPointPlaced(self, caller, event) -> None:
+        """The prompt's timepoint follows the view the point was placed in."""
+        index = self.ui.promptTimepointComboBox.findData(
+            self.logic.prompts.volume_of_placed_point(caller, slicer.app.applicationLogic()))
+        if index >= 0:
+            self.ui.promptTimepointComboBox.currentIndex = index
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:

@@ -252,6 +252,20 @@ def test_a_markups_point_on_a_transformed_volume_maps_to_its_lps_point_on_that_s
     assert np.allclose(session.study.scan(prompt.scan_id).lps_to_kji(prompt.point_lps[None])[0], CENTRES_KJI[2])
 
 
+def test_the_prompt_timepoint_is_the_volume_shown_in_the_view_the_point_was_placed_in(scene):
+    logics = [scene.app.add_slice_view(name) for name in ("Red", "Yellow")]
+    for logic, volume, kji in zip(logics, scene.volumes[1:], CENTRES_KJI[1:]):
+        logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume.GetID())
+        logic.GetSliceNode().SetMappedInLayout(1)
+        logic.GetSliceNode().SetOrientationToAxial()
+        logic.GetSliceNode().JumpSliceByCentering(*world_centre_ras(volume, kji))
+    markups = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "p")
+    markups.AddControlPointWorld(*world_centre_ras(scene.volumes[2], CENTRES_KJI[2]))
+    assert scene.prompts.volume_of_placed_point(markups, scene.app.app_logic) == scene.volumes[2].GetID()
+    markups.AddControlPointWorld(*(world_centre_ras(scene.volumes[2], CENTRES_KJI[2]) + [0, 0, 40.0]))
+    assert scene.prompts.volume_of_placed_point(markups, scene.app.app_logic) is None  # in no view's plane
+
+
 # -- applying a result ------------------------------------------------------------------------------
 def test_applying_a_result_writes_one_node_per_timepoint_and_one_segment_per_lesion(tracked):
     from LinGuinELib.frontend.slicer_bridge import TAG_LESION_ID, TAG_STATUS, segment_id

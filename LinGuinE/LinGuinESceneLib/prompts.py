@@ -36,6 +36,29 @@ class ScenePrompts:
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, self.timepoints.volume_of(label))
         return session.mask_prompt(lesion, label, mask > 0)
 
+    @staticmethod
+    def volume_of_placed_point(markups, app_logic):
+        """Volume node ID shown in the slice view whose plane holds the last point of ``markups`` (the
+        view it was just placed in), from the application logic's slice views; None if unknown."""
+        from LinGuinELib.frontend.slicer_bridge import slice_view_containing
+
+        n = markups.GetNumberOfControlPoints() if markups is not None else 0
+        if n == 0:
+            return None
+        point = [0.0, 0.0, 0.0]
+        markups.GetNthControlPointPositionWorld(n - 1, point)
+        views, background = {}, {}
+        logics = app_logic.GetSliceLogics()
+        for i in range(logics.GetNumberOfItems() if logics is not None else 0):
+            logic = logics.GetItemAsObject(i)
+            volume_id = logic.GetSliceCompositeNode().GetBackgroundVolumeID() if logic.GetSliceCompositeNode() else None
+            if volume_id and logic.GetSliceNode() is not None and logic.GetSliceNode().IsMappedInLayout():
+                name = logic.GetSliceNode().GetLayoutName()
+                views[name] = slicer.util.arrayFromVTKMatrix(logic.GetSliceNode().GetSliceToRAS())
+                background[name] = volume_id
+        name = slice_view_containing(point, views)
+        return background.get(name) if name else None
+
     def correction_points(self, positive, negative):
         """World RAS (N, 3) arrays of the positive and negative correction markups (negative may be None)."""
         pos = slicer.util.arrayFromMarkupsControlPoints(positive, world=True) if positive is not None \
