@@ -85,12 +85,27 @@ def test_sheared_or_non_affine_geometry_is_rejected_with_advice():
 
 
 # -- dates and DICOM ---------------------------------------------------------------------------------
-def test_dicom_dates_follow_the_engine_order_with_times():
+def test_dicom_dates_study_date_first_then_series_with_times():
     values = {"StudyDate": "20200101", "StudyTime": "080000", "SeriesDate": "20200102", "SeriesTime": "101530.25"}
+    assert bridge.date_from_dicom_values(values) == dt.datetime(2020, 1, 1, 8, 0, 0)
+    del values["StudyDate"]
     assert bridge.date_from_dicom_values(values) == dt.datetime(2020, 1, 2, 10, 15, 30)
     assert bridge.date_from_dicom_values({"SeriesDate": "2020", "AcquisitionDate": "20191231"}) == dt.datetime(2019, 12, 31)
     assert bridge.date_from_dicom_values({"StudyDate": "20201340"}) is None
     assert bridge.date_from_dicom_values({}) is None
+
+
+def test_the_dicom_reader_and_the_slicer_bridge_date_a_timepoint_alike():
+    """One rule: a series read from files (pydicom) and the same attributes read from Slicer's database."""
+    import pydicom
+
+    from LinGuinELib.io.dicom import _datetime
+
+    values = {"StudyDate": "20190305", "SeriesDate": "20190306", "SeriesTime": "120000", "AcquisitionDate": "20190307"}
+    ds = pydicom.Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    assert _datetime(ds) == bridge.date_from_dicom_values(values) == dt.datetime(2019, 3, 5)
 
 
 def test_dates_in_volume_names():
@@ -518,3 +533,28 @@ def test_selftest_scenario_tracks_with_the_cpu_backends():
     assert session.registrations_computed() == computed
     obs = session.correction_job(a.lesion_id, scans[1].scan_id, [timepoints[1]["centre_ras"]], None, settings)()
     assert dice(obs.mask, timepoints[1]["truth"]) > 0.7
+
+
+# -- installs ----------------------------------------------------------------------------------------
+def test_pip_constraints_pin_slicers_own_packages_at_their_installed_versions():
+    import importlib.metadata
+
+    from LinGuinELib.frontend import install_plan as plan
+
+    versions = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "vtk": "9.4.2"}
+
+    def version_of(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    lines = plan.constraints_text(version_of).split()
+    assert lines == ["SimpleITK==2.4.0", "numpy==1.26.4", "vtk==9.4.2"]  # torch absent: nothing to pin
+
+
+def test_a_restart_is_required_before_replacing_an_imported_torch():
+    from LinGuinELib.frontend.install_plan import restart_needed_for_torch
+
+    assert restart_needed_for_torch(True, {"torch", "numpy"})
+    assert not restart_needed_for_torch(True, {"numpy"})
+    assert not restart_needed_for_torch(False, {"torch"})

@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO
 
 MODULE = REPO / "LinGuinE" / "LinGuinE.py"
+SCENE_LIB = sorted((REPO / "LinGuinE" / "LinGuinESceneLib").glob("*.py"))
 UI = REPO / "Resources" / "UI" / "LinGuinE.ui"
 MODULE_CMAKE = REPO / "LinGuinE" / "CMakeLists.txt"
 TOP_CMAKE = REPO / "CMakeLists.txt"
@@ -239,10 +240,13 @@ def test_cmake_lists_match_the_files_on_disk():
     missing, extra = sorted(on_disk - listed), sorted(listed - on_disk)
     assert not missing, "add to LinGuinE/CMakeLists.txt:\n  " + "\n  ".join(missing)
     assert not extra, "listed in LinGuinE/CMakeLists.txt but not on disk:\n  " + "\n  ".join(extra)
-    assert cmake_set(text, "MODULE_PYTHON_SCRIPTS") == ["${MODULE_NAME}.py"]
+    scripts = [s.replace("${MODULE_NAME}", "LinGuinE") for s in cmake_set(text, "MODULE_PYTHON_SCRIPTS")]
+    assert scripts[0] == "LinGuinE.py" and len(scripts) == len(set(scripts))
     module_dir = {p.relative_to(MODULE.parent).as_posix() for p in MODULE.parent.rglob("*.py")
                   if "__pycache__" not in p.parts}
-    assert module_dir == {"LinGuinE.py"}, f"module files not packaged: {module_dir - {'LinGuinE.py'}}"
+    assert "LinGuinESceneLib/results.py" in module_dir
+    assert module_dir == set(scripts), (f"module files not packaged: {sorted(module_dir - set(scripts))}; "
+                                        f"listed but missing: {sorted(set(scripts) - module_dir)}")
     for call in ("slicerMacroBuildScriptedModule(", "ctkMacroCompilePythonScript(",
                  "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)", "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/..",
                  "set(MODULE_NAME LinGuinE)"):
@@ -265,9 +269,16 @@ def test_extension_metadata():
 
 # -- Slicer API of the targeted release ----------------------------------------------------------------
 def slicer_api_uses() -> list[tuple[str, str, list[str], int]]:
-    """(module, name, keyword names, line) for slicer.util / slicer.packaging uses in LinGuinE.py."""
+    """(module, name, keyword names, "file:line") for slicer.util / slicer.packaging uses in LinGuinE.py
+    and its scene layer."""
     uses = []
-    tree = module_tree()
+    for path in [MODULE] + SCENE_LIB:
+        uses += [(m, n, k, f"{path.name}:{line}") for m, n, k, line in _api_uses(ast.parse(path.read_text()))]
+    return uses
+
+
+def _api_uses(tree) -> list[tuple[str, str, list[str], int]]:
+    uses = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in ("slicer.util", "slicer.packaging",
                                                                 "slicer.parameterNodeWrapper"):
@@ -308,11 +319,8 @@ def test_the_targeted_release_is_the_one_the_docs_name():
 def test_no_function_rebinds_slicer_qt_or_vtk_as_a_local_name():
     """``import slicer.packaging`` inside a method makes ``slicer`` local to the whole method, so an earlier
     ``slicer.util`` call raises UnboundLocalError at run time, in Slicer only."""
-    import ast
-
-    tree = ast.parse((REPO / "LinGuinE" / "LinGuinE.py").read_text())
     offenders = []
-    for func in ast.walk(tree):
+    for func in (f for path in [MODULE] + SCENE_LIB for f in ast.walk(ast.parse(path.read_text()))):
         if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(func):
                 if isinstance(node, ast.Import):
@@ -320,3 +328,17 @@ def test_no_function_rebinds_slicer_qt_or_vtk_as_a_local_name():
                     if bound & {"slicer", "qt", "vtk", "ctk"}:
                         offenders.append(f"{func.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_no_python_threads_in_the_module_and_no_qt_in_its_scene_layer():
+    """Slicer's main thread holds the GIL while Qt runs, so a Python worker thread would crawl (and a
+    non-daemon one hangs Slicer's exit): the module drives the engine service from a QTimer instead."""
+    threads = re.compile(r"^\s*(import|from)\s+(threading|concurrent|_thread|multiprocessing)\b|TorchWorker|QThread", re.M)
+    for path in [MODULE] + SCENE_LIB:
+        assert not threads.search(path.read_text()), f"{path.name} uses Python threads"
+    qt_import = re.compile(r"^\s*(import|from)\s+(qt|ctk|PythonQt|DICOMLib|slicer\.ScriptedLoadableModule)\b", re.M)
+    for path in SCENE_LIB:
+        assert not qt_import.search(path.read_text()), f"{path.name} imports Qt"
+    assert len(MODULE.read_text().splitlines()) <= 600
+    # no progress dialog's canceled() (emitted by Qt when such a dialog is merely closed) cancels a job
+    assert not re.search(r'connect\(\s*"canceled\(\)"', MODULE.read_text())

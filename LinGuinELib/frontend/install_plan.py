@@ -118,3 +118,22 @@ def models_to_download(manager, settings: Settings) -> list:
         if not all((folder / f.path).is_file() for f in spec.files):
             specs.append(spec)
     return specs
+
+
+def constraints_text(version_of: Callable[[str], str] = importlib.metadata.version) -> str:
+    """A pip constraints file pinning the installed packages of :data:`NEVER_INSTALL` to their installed
+    versions, so resolving new requirements can never replace them (pip's own mechanism, instead of
+    ``skip_packages``, which Slicer's ``pip_ensure`` documents as a discouraged workaround)."""
+    lines = []
+    for name in NEVER_INSTALL:
+        try:
+            lines.append(f"{name}=={version_of(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "\n".join(lines) + "\n"
+
+
+def restart_needed_for_torch(torch_missing: bool, imported_modules) -> bool:
+    """True when torch would be installed or replaced while a torch is already imported in this
+    process: the old one stays loaded until Slicer restarts, so restart first."""
+    return bool(torch_missing) and "torch" in set(imported_modules)

@@ -18,7 +18,8 @@ import numpy as np
 
 from LinGuinELib.core import coords
 from LinGuinELib.core.errors import InputError
-from LinGuinELib.core.study import Scan, parse_date
+from LinGuinELib.core.study import Scan
+from LinGuinELib.io import dicom_attributes
 
 _ORTHO_TOL = 1e-4
 
@@ -41,19 +42,8 @@ EDIT_MANUAL, EDIT_CLICKS = "manual", "clicks"
 STATUS_TEXT = {"source": "found (prompt)", "found": "found", "not_found": "not found",
                "outside_fov": "outside field of view"}
 
-# DICOM attributes read from Slicer's DICOM database (``slicer.dicomDatabase.fileValue(file, tag)``),
-# keyword -> "gggg,eeee". Dates are taken in the engine's order: series, acquisition, study, content.
-DICOM_TAGS = {
-    "PatientID": "0010,0020", "PatientName": "0010,0010", "PatientBirthDate": "0010,0030", "PatientSex": "0010,0040",
-    "StudyInstanceUID": "0020,000D", "StudyID": "0020,0010", "StudyDate": "0008,0020", "StudyTime": "0008,0030",
-    "AccessionNumber": "0008,0050", "StudyDescription": "0008,1030", "ReferringPhysicianName": "0008,0090",
-    "SeriesInstanceUID": "0020,000E", "SeriesNumber": "0020,0011", "SeriesDescription": "0008,103E",
-    "SeriesDate": "0008,0021", "SeriesTime": "0008,0031", "FrameOfReferenceUID": "0020,0052",
-    "Modality": "0008,0060", "Manufacturer": "0008,0070", "SOPClassUID": "0008,0016",
-    "AcquisitionDate": "0008,0022", "AcquisitionTime": "0008,0032", "ContentDate": "0008,0023",
-    "ContentTime": "0008,0033",
-}
-DATE_PREFIXES = ("Series", "Acquisition", "Study", "Content")
+# DICOM attributes and the date rule: one home, shared with the DICOM folder reader.
+DICOM_TAGS = dicom_attributes.DICOM_TAGS
 
 
 # -- geometry -------------------------------------------------------------------------------------
@@ -122,18 +112,9 @@ def _matrix(m, what: str) -> np.ndarray:
 
 # -- dates and DICOM attributes ------------------------------------------------------------------
 def date_from_dicom_values(values: dict) -> dt.datetime | None:
-    """Timepoint date from DICOM attribute values (keyword -> text): series, else acquisition, study,
-    content date, with its time when present; None if none is a valid date."""
-    for prefix in DATE_PREFIXES:
-        day = (values.get(prefix + "Date") or "").strip()
-        if not re.fullmatch(r"\d{8}", day):
-            continue
-        time = re.sub(r"[^0-9]", "", (values.get(prefix + "Time") or "").split(".")[0])[:6]
-        try:
-            return parse_date(day + time.ljust(6, "0") if time else day, prefix + "Date")
-        except InputError:
-            continue
-    return None
+    """Timepoint date from DICOM attribute values (keyword -> text): the Study date first, then series,
+    acquisition, content (:func:`LinGuinELib.io.dicom_attributes.date_from_values`)."""
+    return dicom_attributes.date_from_values(values)
 
 
 _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)[-_.]?(0[1-9]|1[0-2])[-_.]?(0[1-9]|[12]\d|3[01])(?!\d)")
@@ -151,16 +132,9 @@ def date_from_name(name: str) -> dt.datetime | None:
 
 
 def dicom_meta(values: dict, files: list[str], sop_instance_uids: list[str]) -> dict:
-    """``scan.meta["dicom"]`` (what :func:`LinGuinELib.io.dicom_seg.export_segs` needs) for a volume loaded
-    from Slicer's DICOM database: attribute values of its first file, and its files and SOPInstanceUIDs
-    ordered like array index k."""
-    if len(files) != len(sop_instance_uids) or not files:
-        raise InputError(f"DICOM volume: {len(files)} files for {len(sop_instance_uids)} instance UIDs")
-    meta = {k: (values.get(k) or "").strip() for k in DICOM_TAGS}
-    number = meta.pop("SeriesNumber")
-    meta.update(SeriesNumber=int(number) if re.fullmatch(r"[+-]?\d+", number) else None, files=list(files),
-                SOPInstanceUIDs=list(sop_instance_uids), selection="loaded in 3D Slicer", other_series=[])
-    return meta
+    """``scan.meta["dicom"]`` for a volume loaded from Slicer's DICOM database (the reader's own rule:
+    :func:`LinGuinELib.io.dicom_attributes.scan_meta`)."""
+    return dicom_attributes.scan_meta(values, files, sop_instance_uids, "loaded in 3D Slicer")
 
 
 # -- views ----------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage
 
 from LinGuinELib.core.errors import InputError
+from LinGuinELib.io.dicom_attributes import DATE_PREFIXES, DICOM_TAGS, date_from_values, scan_meta
 from LinGuinELib.io.output import safe_filename
 from LinGuinELib.core.study import Scan, Study
 
@@ -48,11 +48,6 @@ _SPACING_RTOL, _SPACING_ATOL = 0.01, 0.01  # uniform slice spacing tolerance (re
 _GEOM_ATOL = 1e-3  # orientation cosines / pixel spacing / in-plane position tolerance
 _AXIAL_COS = 0.9  # |slice normal . z| above this counts as axial
 
-PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
-STUDY_KEYS = ("StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
-              "ReferringPhysicianName")
-SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime",
-               "FrameOfReferenceUID", "Modality", "Manufacturer")
 
 
 def log_stderr(message: str) -> None:
@@ -82,17 +77,8 @@ def _series_number(ds) -> int | None:
 
 
 def _datetime(ds) -> dt.datetime | None:
-    """Series, else acquisition, study, content date (+ time when given); None if all are empty."""
-    for prefix in ("Series", "Acquisition", "Study", "Content"):
-        day = _text(ds, prefix + "Date")
-        if not re.fullmatch(r"\d{8}", day):
-            continue
-        digits = re.sub(r"[^0-9]", "", _text(ds, prefix + "Time").split(".")[0])[:6].ljust(6, "0")
-        try:
-            return dt.datetime.strptime(day + digits, "%Y%m%d%H%M%S")
-        except ValueError:
-            return dt.datetime.strptime(day, "%Y%m%d")
-    return None
+    """The timepoint date of a series (study date first: :func:`~LinGuinELib.io.dicom_attributes.date_from_values`)."""
+    return date_from_values({p + part: _text(ds, p + part) for p in DATE_PREFIXES for part in ("Date", "Time")})
 
 
 @dataclass
@@ -319,7 +305,7 @@ def load_dicom_study(folder: str | os.PathLike, log=log_stderr) -> Study:
         primary, reason, others = _choose(sorted(study_series, key=lambda s: s.uid))
         when = _datetime(primary.first)
         if when is None:
-            raise InputError(f"{primary.files[0]}: SeriesDate, AcquisitionDate, StudyDate and ContentDate are all "
+            raise InputError(f"{primary.files[0]}: StudyDate, SeriesDate, AcquisitionDate and ContentDate are all "
                              f"empty: cannot order the timepoints ({primary.label()})")
         chosen.append((primary, when, reason, others))
     chosen.sort(key=lambda c: c[1])
@@ -337,11 +323,8 @@ def load_dicom_study(folder: str | os.PathLike, log=log_stderr) -> Study:
         image.SetSpacing(tuple(spacing))
         image.SetDirection(tuple(direction.ravel()))
         first = primary.first
-        meta = {k: _text(first, k) for k in PATIENT_KEYS + STUDY_KEYS + SERIES_KEYS}
-        meta.update(SeriesNumber=primary.number, SOPClassUID=_text(first, "SOPClassUID"),
-                    files=[str(f) for f in files],
-                    SOPInstanceUIDs=[_text(primary.headers[n], "SOPInstanceUID") for n in order],
-                    selection=reason, other_series=others)
+        meta = scan_meta({k: _text(first, k) for k in DICOM_TAGS}, files,
+                         [_text(primary.headers[n], "SOPInstanceUID") for n in order], reason, others)
         scans.append(Scan.from_sitk(image, scan_id, when, source_path=str(files[0].parent), meta={"dicom": meta}))
     first = chosen[0][0].first
     patient = _text(first, "PatientID") or _text(first, "PatientName")

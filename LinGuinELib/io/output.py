@@ -24,8 +24,9 @@ def safe_filename(name: str) -> str:
     return cleaned or "scan"
 
 
-def label_map_names(scan_ids: list[str]) -> dict[str, str]:
-    """{scan_id: "<safe scan id>.nii.gz"}, unique even when two ids clean to the same name."""
+def label_map_names(scan_ids: list[str], suffix: str = ".nii.gz") -> dict[str, str]:
+    """{scan_id: "<safe scan id><suffix>"}, unique (case-insensitively) even when two ids clean to the
+    same name."""
     names, used = {}, set()
     for scan_id in scan_ids:
         base = safe_filename(scan_id)
@@ -34,7 +35,7 @@ def label_map_names(scan_ids: list[str]) -> dict[str, str]:
             n += 1
             name = f"{base}_{n}"
         used.add(name.lower())
-        names[scan_id] = name + ".nii.gz"
+        names[scan_id] = name + suffix
     return names
 
 
