@@ -159,3 +159,14 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch, c
     (tmp_path / "cohort.csv").write_text("study,source,point\na,t0,1 2 3\n")
     assert main(["batch", str(tmp_path / "cohort.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'linguine[batch]'" in capsys.readouterr().err
+
+
+def test_evaluate_on_ray_scores_the_same_as_in_process(tmp_path, capsys):
+    make_cohort(tmp_path / "data")
+    studies = [str(tmp_path / "data" / k / "study.csv") for k in "abc"]
+    assert main(["evaluate", *studies, "--out", str(tmp_path / "seq")] + FAST) == 0
+    assert main(["evaluate", *studies, "--out", str(tmp_path / "ray"), "--address", "local"] + FAST) == 0
+    seq = (tmp_path / "seq" / "per_lesion.csv").read_text()
+    assert seq == (tmp_path / "ray" / "per_lesion.csv").read_text()
+    assert len(seq.splitlines()) == 1 + 3 * 2 * 2, "3 studies x 2 lesions x 2 targets"
+    assert " pid " in capsys.readouterr().err, "the parallel path reports where each study ran"
