@@ -167,12 +167,14 @@ def run_jobs(jobs: list[Job], fn: Callable, settings, on_result: Callable[[Job, 
     if cpus_per_task <= 0:
         raise InputError(f"--cpus-per-task must be > 0, not {cpus_per_task:g}")
     ray = import_ray()
+    if not jobs:
+        return {"slots": 0, "cpus_per_task": cpus_per_task, "gpus_per_task": gpus_per_task, "address": address}
     started = start_ray(address)
     actors = []
     bar = None
     try:
         gpus = default_gpus(ray, settings) if gpus_per_task is None else float(gpus_per_task)
-        n_slots = slot_count(ray, len(jobs), cpus_per_task, gpus) if jobs else 0
+        n_slots = slot_count(ray, len(jobs), cpus_per_task, gpus)
         remote = ray.remote(Worker).options(num_cpus=cpus_per_task, num_gpus=gpus)
         threads = max(1, int(cpus_per_task))
         new_actor = lambda: remote.remote(settings.to_dict(), threads)
@@ -209,6 +211,8 @@ def run_jobs(jobs: list[Job], fn: Callable, settings, on_result: Callable[[Job, 
                     counts.done += 1
                 else:
                     counts.failed += 1
+                counts.running = len(running)
+                bar.set_postfix_str(counts.text(), refresh=False)
                 bar.update(1)
         counts.running = 0
         bar.set_postfix_str(counts.text(), refresh=True)
