@@ -170,3 +170,26 @@ def test_evaluate_on_ray_scores_the_same_as_in_process(tmp_path, capsys):
     assert seq == (tmp_path / "ray" / "per_lesion.csv").read_text()
     assert len(seq.splitlines()) == 1 + 3 * 2 * 2, "3 studies x 2 lesions x 2 targets"
     assert " pid " in capsys.readouterr().err, "the parallel path reports where each study ran"
+
+
+def test_dicom_seg_per_study_and_a_non_dicom_study_fails_with_the_reason(ct_dir, tmp_path):
+    from dicom_data import small_ct, write_ct_series
+
+    data = tmp_path / "data"
+    make_cohort(data)
+    for name, date in (("lung1", "20190305"), ("lung2", "20190911")):
+        image, label = small_ct(ct_dir, name)
+        write_ct_series(data / "dcm" / name, image, date=date, series_description=f"CT {date}")
+        if name == "lung1":
+            sitk.WriteImage(label, str(data / "lung1_label.nii.gz"))
+    (data / "cohort.csv").write_text("study,source,mask\ndcm,first,lung1_label.nii.gz\na,t0,a/t0_label.nii.gz\n")
+    out = tmp_path / "batch"
+    assert main(["batch", str(data / "cohort.csv"), "--out", str(out), "--dicom-seg", "--retries", "0"] + FAST) == 1
+    rows = summary_rows(out)
+    assert rows["a"]["status"] == "failed" and "--dicom-seg needs a DICOM study" in rows["a"]["message"]
+    assert rows["dcm"]["status"] == "done"
+    ref = tmp_path / "track"
+    assert main(["track", str(data / "dcm"), "--source", "first", "--mask", str(data / "lung1_label.nii.gz"),
+                 "--dicom-seg", "--out", str(ref)] + FAST) == 0
+    segs = sorted(p.name for p in (out / "dcm" / "dicom-seg").iterdir())
+    assert segs and segs == sorted(p.name for p in (ref / "dicom-seg").iterdir())
