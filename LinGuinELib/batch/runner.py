@@ -65,10 +65,9 @@ def start_ray(address: str = LOCAL) -> bool:
     """Connect to Ray (embedded local instance for ``local``); True when this call started it. An
     instance already initialised in this process (e.g. by a test) is reused."""
     ray = import_ray()
+    check_address(address)
     if ray.is_initialized():
         return False
-    check_address(address)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if address == LOCAL:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         return True

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from LinGuinELib.batch.cohort import build_study_prompts, read_cohort
-from LinGuinELib.batch.runner import Job, check_address, import_ray, run_jobs
+from LinGuinELib.batch.runner import Job, import_ray, run_jobs, start_ray
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.io.atomic import atomic_write, remove_stale_staging, staged_folder
 from LinGuinELib.io.output import write_rows_csv
@@ -93,12 +93,21 @@ def run_batch(cohort, out, settings, *, dicom_seg: bool = False, address: str = 
 
     Studies whose folder already exists (only complete folders ever appear) are skipped.
     """
-    from filelock import FileLock, Timeout
-
-    import_ray()
-    check_address(address)
+    ray = import_ray()
     jobs = read_cohort(cohort)
     out = Path(out)
+    # connect first, so that an unreachable cluster is an error before anything is written
+    started = any(not (out / job.key).is_dir() for job in jobs) and start_ray(address)
+    try:
+        return _run_batch(jobs, out, cohort, settings, dicom_seg, address, cpus_per_task, gpus_per_task, retries)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_batch(jobs, out: Path, cohort, settings, dicom_seg, address, cpus_per_task, gpus_per_task, retries):
+    from filelock import FileLock, Timeout
+
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".linguine-batch.lock"))
     try:
