@@ -193,3 +193,25 @@ def test_dicom_seg_per_study_and_a_non_dicom_study_fails_with_the_reason(ct_dir,
                  "--dicom-seg", "--out", str(ref)] + FAST) == 0
     segs = sorted(p.name for p in (out / "dcm" / "dicom-seg").iterdir())
     assert segs and segs == sorted(p.name for p in (ref / "dicom-seg").iterdir())
+
+
+def test_a_lost_worker_is_replaced_and_its_study_retried(tmp_path):
+    from LinGuinELib.batch.runner import Job, run_jobs
+    from LinGuinELib.frontend.settings import Settings
+
+    marker = tmp_path / "crashed-once"
+
+    def crash_once(registration, segmenter, settings, payload):  # pickled by value: a nested function
+        import os
+
+        if payload == "crash" and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies, as on an out-of-memory kill
+        return payload.upper()
+
+    outcomes = {}
+    run_jobs([Job("a", "crash"), Job("b", "fine")], crash_once, Settings("identity", "classic"),
+             lambda job, outcome: outcomes.__setitem__(job.key, outcome), retries=1)
+    assert marker.exists()
+    assert (outcomes["a"]["ok"], outcomes["a"]["value"], outcomes["a"]["attempts"]) == (True, "CRASH", 2)
+    assert (outcomes["b"]["ok"], outcomes["b"]["value"]) == (True, "FINE")
