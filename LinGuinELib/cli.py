@@ -9,7 +9,7 @@ import sys
 from LinGuinELib import __version__
 from LinGuinELib.core.errors import LinGuinEError, TrackingCancelled
 
-COMMANDS = ("track", "evaluate", "demo", "info", "export_seg", "synth", "serve")
+COMMANDS = ("track", "batch", "evaluate", "demo", "info", "export_seg", "synth", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,40 +133,66 @@ def print_table(rows: list[dict], file=None) -> None:
               f"{num(r['change_from_baseline_pct'], '9.1f')}", file=file)
 
 
+def check_dicom_seg(study) -> None:
+    """--dicom-seg needs every scan loaded from DICOM (InputError naming the others)."""
+    not_dicom = [s.scan_id for s in study if "dicom" not in s.meta]
+    if not_dicom:
+        raise InputError(f"--dicom-seg needs a DICOM study; scans {', '.join(not_dicom)} were not loaded from DICOM")
+
+
+def track_study(study, prompts: list, out_dir, settings: Settings, *, dicom_seg: bool = False, registration=None,
+                segmenter=None, client=None, progress=None, log=print):
+    """Track ``prompts`` through ``study`` and write into ``out_dir`` what ``linguine track`` writes there
+    (label maps, lesions.csv, summary.json; with ``dicom_seg`` also ``dicom-seg/*.seg.dcm``).
+
+    ``registration``/``segmenter``: already built backends to reuse (default: built from ``settings``);
+    ``client``: an :class:`~LinGuinELib.service.client.EngineClient` that tracks on the engine service instead.
+    Returns (TrackingResult, {name: path written}).
+    """
+    from LinGuinELib.core.tracking import Tracker
+    from LinGuinELib.io.output import write_tracking_outputs
+
+    if dicom_seg:
+        check_dicom_seg(study)
+    if client is not None:
+        result = client.track(study, prompts, settings, progress=progress)
+    else:
+        tracker = Tracker(study, registration or settings.make_registration(),
+                          segmenter or settings.make_segmenter(), progress=progress, **settings.tracker_options())
+        result = tracker.track(prompts)
+    written = write_tracking_outputs(result, out_dir)
+    if dicom_seg:
+        from LinGuinELib.io.dicom_seg import export_segs
+
+        export_segs(study, {s.scan_id: result.label_map(s.scan_id) for s in study}, result.lesions,
+                    Path(out_dir) / "dicom-seg", log=log,
+                    algorithm_parameters={"registration": settings.registration, "segmentation": settings.segmentation,
+                                          "boost": str(settings.boost), "chain": str(settings.chain)})
+    return result, written
+
+
 def run(args) -> int:
     from LinGuinELib.core.measure import measurement_rows
-    from LinGuinELib.io.output import write_tracking_outputs
     from LinGuinELib.io.load import load_study
 
     study = load_study(args.study)
     if args.dicom_seg:
-        not_dicom = [s.scan_id for s in study if "dicom" not in s.meta]
-        if not_dicom:
-            raise InputError(f"--dicom-seg needs a DICOM study; scans {', '.join(not_dicom)} were not loaded from DICOM")
+        check_dicom_seg(study)
     prompts = build_prompts(study, args)
     progress, close = tqdm_progress("tracking")
     try:
+        client = None
         if args.server:
             from LinGuinELib.service.client import client_from_args
 
-            result = client_from_args(args.server, args.token_file).track(study, prompts, Settings.from_args(args),
-                                                                          progress=progress)
-        else:
-            tracker = make_tracker(study, args, progress)
-            result = tracker.track(prompts)
+            client = client_from_args(args.server, args.token_file)
+        result, written = track_study(study, prompts, args.out, Settings.from_args(args), dicom_seg=args.dicom_seg,
+                                      client=client, progress=progress, log=lambda m: print(m, file=sys.stderr))
     finally:
         close()
-    written = write_tracking_outputs(result, args.out)
     print_table(measurement_rows(result))
     stats = result.stats
     print(f"registrations computed: {stats['registration_calls']}, segmentations: {stats['segmentation_calls']}, "
           f"seconds: {stats['seconds']}", file=sys.stderr)
-    if args.dicom_seg:
-        from LinGuinELib.io.dicom_seg import export_segs
-
-        export_segs(study, {s.scan_id: result.label_map(s.scan_id) for s in study}, result.lesions,
-                    Path(args.out) / "dicom-seg", log=lambda m: print(m, file=sys.stderr),
-                    algorithm_parameters={"registration": args.registration, "segmentation": args.segmentation,
-                                          "boost": str(args.boost), "chain": str(args.chain)})
     print(f"outputs written to {Path(args.out).resolve()} ({len(written)} files)", file=sys.stderr)
     return 0

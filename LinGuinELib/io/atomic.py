@@ -69,3 +69,25 @@ def staged_outputs(out_dir: str | os.PathLike):
                 os.replace(item, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike):
+    """Yield a staging folder beside ``folder``; on success it is renamed to ``folder`` in one step (so the
+    folder appears complete or not at all), on error it is deleted. ``folder`` must not exist yet."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        yield staging
+        os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
+    """Delete staging folders left in ``parent`` by a killed process (see :func:`staged_folder`)."""
+    stale = [p for p in Path(parent).glob(".*.staging-*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale

@@ -1,0 +1,1 @@
+"""Cohorts: many studies tracked unattended over Ray (``linguine batch``; parallel ``linguine evaluate``)."""
