@@ -140,7 +140,6 @@ class SitkRegistration(Registration):
     # ---- linear stages ---------------------------------------------------------------------------
     def _method(self, fixed_mask: sitk.Image) -> sitk.ImageRegistrationMethod:
         reg = sitk.ImageRegistrationMethod()
-        reg.SetNumberOfThreads(1)  # Mattes MI sums per-thread histograms in arrival order: one thread is exact
         reg.SetMetricAsMattesMutualInformation(32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(0.25, self.seed)
@@ -237,7 +236,8 @@ class SitkRegistration(Registration):
                 body = _body_points(fixed_body)
                 if len(body) == 0:
                     raise LinGuinEError("no body (nothing above -500 HU) in the source scan")
-                affine = self._linear(fixed, moving, fixed_body, moving_body, body)
+                with self._threads(1):  # Mattes MI adds per-thread histograms in arrival order: 1 thread is exact
+                    affine = self._linear(fixed, moving, fixed_body, moving_body, body)
                 _, outside = self._aligned(fixed, moving, affine)
                 shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
                 if shared < MIN_SHARED_BODY:
@@ -256,12 +256,14 @@ class SitkRegistration(Registration):
         return TransformPointMap(transform)
 
     @contextlib.contextmanager
-    def _threads(self):
-        if self.threads is None:
+    def _threads(self, count: int | None = None):
+        """SimpleITK's default thread count set to ``count`` (default: ``threads``) inside the block."""
+        count = self.threads if count is None else count
+        if count is None:
             yield
             return
         previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(self.threads))
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
         try:
             yield
         finally:
