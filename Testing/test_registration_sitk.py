@@ -181,5 +181,5 @@ def test_growing_lesion_in_both_directions_of_time(small_ct):
     backward = SitkRegistration().register(target, source)(on_target)
     for mapped, expected in ((forward, on_target), (backward, rim)):
         errors = np.linalg.norm(mapped - expected, axis=1)
-        # the rim (uniform tumour inside, 2.5 mm voxels here) follows most of the growth
+        # the rim (uniform tumour inside, 2.5 mm voxels here) follows at least 3/4 of the growth (13.6 mm)
         assert errors[0] < 1.0 and np.median(errors[1:]) < 0.25 * np.median(growth), np.round(errors, 2)

@@ -10,12 +10,17 @@ Pipeline, on intensities clamped to ``window`` HU and block-averaged to ~5 and ~
 1. initialisation: the best (Mattes mutual information) of scanner coordinates, body-mask centre of
    mass, and in-plane centre of mass with scanner z - robust to shifted origins and cropped targets;
 2. rigid (Euler) then affine, Mattes MI on the source body mask, ~10 -> ~5 mm;
-3. deformable: fast-symmetric-forces (or diffeomorphic) demons at ~5 then ~2.5 mm. Where the target
+3. deformable: fast-symmetric-forces (or diffeomorphic) demons at ~5, ~2.5 then ~1.25 mm in-plane
+   (never finer than native), over the source body's bounding box only. Where the target
    has no data (different field of view) the moving image is filled with the source itself, so those
    voxels exert no force and the field there is interpolated by the regulariser.
 
 ``T(x) = A(x + d(x))`` with ``A`` the affine and ``d`` the demons displacement field (zero outside the
 bounding box of the source body).
+
+Reproducible bit for bit on any thread count: the linear stages run on one thread (Mattes MI sums
+per-thread histograms in arrival order) with a seeded sampling, and demons always runs its full
+iteration count (no halt on a thread-summed RMS change); the demons update itself is per voxel.
 """
 
 from __future__ import annotations
@@ -82,8 +87,8 @@ class SitkRegistration(Registration):
     ``iterations`` demons iterations per level; ``smoothing_mm`` Gaussian regularisation of the
     displacement field (one value, or one per level); ``threshold_hu`` intensity differences below which
     a voxel exerts no demons force (keeps CT noise from driving the field); ``window`` the HU clamp;
-    ``threads`` SimpleITK threads (None = all cores); ``seed`` for the metric's random sampling (runs
-    are reproducible).
+    ``threads`` SimpleITK threads for the demons stage (None = all cores; the result does not depend
+    on it); ``seed`` for the metric's random sampling.
     """
 
     name = "sitk"
