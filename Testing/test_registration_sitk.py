@@ -13,7 +13,7 @@ from LinGuinELib.backends import make_registration
 from LinGuinELib.core.errors import InputError, LinGuinEError
 from LinGuinELib.registration.sitk import SitkRegistration
 from LinGuinELib.core.study import Scan
-from LinGuinELib.research.synthetic import _growth_field, invert_point
+from LinGuinELib.research.synthetic import growth_field, invert_point
 from LinGuinELib.core.tracking import interior_centre
 
 
@@ -169,7 +169,7 @@ def test_growing_lesion_in_both_directions_of_time(small_ct):
     mask = source.label > 0
     centre = interior_centre(mask, source)
     radius = (3 * mask.sum() * source.voxel_volume_mm3 / (4 * np.pi)) ** (1 / 3)
-    motion = sitk.CompositeTransform([_growth_field(centre, radius, 1.6, image.GetDirection()),
+    motion = sitk.CompositeTransform([growth_field(centre, radius, 1.6, image.GetDirection()),
                                       sitk.TranslationTransform(3, (4.0, -3.0, 5.0))])  # translation first
     target_image, target_label = warped(image, label, motion)
     target = scan_of(target_image, "target", target_label, day=2)

@@ -117,7 +117,7 @@ def _smooth_deformation(rng, level: Difficulty, reference: sitk.Image,
     return sitk.DisplacementFieldTransform(scaled), float(peak)
 
 
-def _growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
+def growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
     """Radial growth by diameter ``factor`` about ``centre``: plateau out to ``a = radius*max(s, 1)``,
     a log-radius smoothstep to identity at ``b = a*e^L`` (``L`` large enough that shrinking stays
     invertible: radial stretch >= 0.3). Zero outside its local grid."""
@@ -263,7 +263,7 @@ def _follow_up(rng, level: Difficulty, image, label, lesions: dict, growth: dict
     centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
     rigid = _rigid(rng, level, centre)
     deform, deform_peak = _smooth_deformation(rng, level, image)
-    grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
+    grows = [growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
              for k, s in growth.items()]
     composite = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
     crop = _crop(rng, level, composite, image, body_ij, lesion_k)
