@@ -102,3 +102,12 @@ def test_cli_writes_a_study(small_ct, tmp_path, capsys):
     with open(tmp_path / "cli" / "truth.json") as fh:
         assert json.load(fh)["seed"] == 1
     assert cli_main(["synth", str(small_ct[0]), str(tmp_path / "missing.nrrd"), "--out", str(tmp_path / "z")]) == 2
+
+
+def test_strong_level_grows_and_shrinks_to_the_extremes(small_ct, tmp_path):
+    """'strong': seed 0 grows the lesion 1.7x in diameter, seed 1 shrinks it 0.6x; the label follows."""
+    for seed, factor in ((0, 1.7), (1, 0.6)):
+        truth = load_truth(make_study(*small_ct, tmp_path / f"s{seed}", n_scans=2, seed=seed, difficulty="strong"))
+        first, last = (truth["scans"][t]["lesions"]["1"] for t in (0, 1))
+        assert last["growth"] == factor
+        assert abs((last["volume_ml"] / first["volume_ml"]) ** (1 / 3) - factor) < 0.15 * factor

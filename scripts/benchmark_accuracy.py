@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--ct-dir", default=os.environ.get("LINGUINE_CT_DIR", str(REPO.parent / "shared" / "data" / "ct")))
     p.add_argument("--work", default=str(REPO.parent / "linguine-benchmark"), help="studies and outputs folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--levels", nargs="+", default=["easy", "medium", "hard"], choices=list(LEVELS))
     p.add_argument("--scans", type=int, default=4)
     p.add_argument("--sources", nargs="+", default=["first", "last"])
     p.add_argument("--prompt", choices=("mask", "click"), default="mask")

@@ -10,12 +10,17 @@ Pipeline, on intensities clamped to ``window`` HU and block-averaged to ~5 and ~
 1. initialisation: the best (Mattes mutual information) of scanner coordinates, body-mask centre of
    mass, and in-plane centre of mass with scanner z - robust to shifted origins and cropped targets;
 2. rigid (Euler) then affine, Mattes MI on the source body mask, ~10 -> ~5 mm;
-3. deformable: fast-symmetric-forces (or diffeomorphic) demons at ~5 then ~2.5 mm. Where the target
+3. deformable: fast-symmetric-forces (or diffeomorphic) demons at ~5, ~2.5 then ~1.25 mm in-plane
+   (never finer than native), over the source body's bounding box only. Where the target
    has no data (different field of view) the moving image is filled with the source itself, so those
    voxels exert no force and the field there is interpolated by the regulariser.
 
 ``T(x) = A(x + d(x))`` with ``A`` the affine and ``d`` the demons displacement field (zero outside the
 bounding box of the source body).
+
+Reproducible bit for bit on any thread count: the linear stages run on one thread (Mattes MI sums
+per-thread histograms in arrival order) with a seeded sampling, and demons always runs its full
+iteration count (no halt on a thread-summed RMS change); the demons update itself is per voxel.
 """
 
 from __future__ import annotations
@@ -88,13 +93,13 @@ class SitkRegistration(Registration):
     ``iterations`` demons iterations per level; ``smoothing_mm`` Gaussian regularisation of the
     displacement field (one value, or one per level); ``threshold_hu`` intensity differences below which
     a voxel exerts no demons force (keeps CT noise from driving the field); ``window`` the HU clamp;
-    ``threads`` SimpleITK threads (None = all cores); ``seed`` for the metric's random sampling (runs
-    are reproducible).
+    ``threads`` SimpleITK threads for the demons stage (None = all cores; the result does not depend
+    on it); ``seed`` for the metric's random sampling.
     """
 
     name = "sitk"
 
-    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5), iterations=(60, 30),
+    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5, 1.25), iterations=(60, 30, 20),
                  smoothing_mm=4.0, threshold_hu: float = 25.0, window=(-1000.0, 500.0), threads: int | None = None,
                  seed: int = 1):
         if deformable not in ("demons", "diffeomorphic", "none"):
@@ -226,6 +231,7 @@ class SitkRegistration(Registration):
             demons = (sitk.DiffeomorphicDemonsRegistrationFilter() if self.deformable == "diffeomorphic"
                       else sitk.FastSymmetricForcesDemonsRegistrationFilter())
             demons.SetNumberOfIterations(iterations)
+            demons.SetMaximumRMSError(0.0)  # always run every iteration: no halt on a thread-summed RMS
             demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))  # ITK default: 1e-3
             demons.SetStandardDeviations([sigma / s for s in fixed.GetSpacing()])
             demons.AddCommand(sitk.sitkIterationEvent,
@@ -246,7 +252,8 @@ class SitkRegistration(Registration):
                 body = _body_points(fixed_body)
                 if len(body) == 0:
                     raise LinGuinEError("no body (nothing above -500 HU) in the source scan")
-                affine = self._linear(fixed, moving, fixed_body, moving_body, body)
+                with self._threads(1):  # Mattes MI adds per-thread histograms in arrival order: 1 thread is exact
+                    affine = self._linear(fixed, moving, fixed_body, moving_body, body)
                 _, outside = self._aligned(fixed, moving, affine)
                 shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
                 if shared < MIN_SHARED_BODY:
@@ -267,12 +274,14 @@ class SitkRegistration(Registration):
         return TransformPointMap(transform)
 
     @contextlib.contextmanager
-    def _threads(self):
-        if self.threads is None:
+    def _threads(self, count: int | None = None):
+        """SimpleITK's default thread count set to ``count`` (default: ``threads``) inside the block."""
+        count = self.threads if count is None else count
+        if count is None:
             yield
             return
         previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(self.threads))
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
         try:
             yield
         finally:

@@ -52,12 +52,14 @@ class Difficulty:
     growth: tuple[float, float]  # range of the final lesion diameter factor (log-uniform)
     noise_hu: float  # standard deviation of added white noise
     crop_slices: tuple[int, int]  # slices cropped at each end (min, max)
+    growth_extremes: bool = False  # final factors are the ends of ``growth`` (alternating per lesion and seed)
 
 
 LEVELS = {
     "easy": Difficulty(3.0, 1.0, 2.0, (0.8, 1.25), 8.0, (0, 2)),
     "medium": Difficulty(6.0, 2.0, 4.0, (0.65, 1.45), 12.0, (1, 3)),
     "hard": Difficulty(10.0, 3.0, 6.0, (0.5, 1.7), 18.0, (1, 4)),
+    "strong": Difficulty(6.0, 2.0, 4.0, (0.6, 1.7), 12.0, (1, 3), growth_extremes=True),
 }
 
 BSPLINE_SPACING_MM = 60.0
@@ -115,7 +117,7 @@ def _smooth_deformation(rng, level: Difficulty, reference: sitk.Image,
     return sitk.DisplacementFieldTransform(scaled), float(peak)
 
 
-def _growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
+def growth_field(centre, radius_mm: float, factor: float, direction) -> sitk.DisplacementFieldTransform:
     """Radial growth by diameter ``factor`` about ``centre``: plateau out to ``a = radius*max(s, 1)``,
     a log-radius smoothstep to identity at ``b = a*e^L`` (``L`` large enough that shrinking stays
     invertible: radial stretch >= 0.3). Zero outside its local grid."""
@@ -261,7 +263,7 @@ def _follow_up(rng, level: Difficulty, image, label, lesions: dict, growth: dict
     centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
     rigid = _rigid(rng, level, centre)
     deform, deform_peak = _smooth_deformation(rng, level, image)
-    grows = [_growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
+    grows = [growth_field(lesions[k]["centre_lps"], lesions[k]["radius_mm"], s, image.GetDirection())
              for k, s in growth.items()]
     composite = sitk.CompositeTransform([*grows, deform, rigid])  # applied right to left
     crop = _crop(rng, level, composite, image, body_ij, lesion_k)
@@ -307,6 +309,8 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
     patient_id = patient_id or f"{image_path.name.split('.')[0]}-{difficulty}-s{seed}"
     date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 365)))
     final_growth = {k: float(np.exp(rng.uniform(*np.log(level.growth)))) for k in lesions}
+    if level.growth_extremes:  # strong growth or shrinkage: seed 0 grows the first lesion, seed 1 shrinks it
+        final_growth = {k: level.growth[1 - (seed + n) % 2] for n, k in enumerate(sorted(lesions))}
 
     rows, scans_truth = [], []
     with staged_outputs(out_dir) as stage:
