@@ -118,7 +118,7 @@ class FakeConnection:
     def reset(self):
         self.polls = 0
 
-    def submit(self, job_id):
+    def follow(self, job_id):
         self.followed.add(job_id)
         return job_id
 
@@ -510,3 +510,46 @@ def test_a_local_service_that_fails_to_start_is_reported_and_retried_at_the_next
     outcome = run_jobs(tracked)
     assert not outcome.ok and "did not start within 120 s" in outcome.message and resets == [1]
     assert not tracked.jobs.busy and list(tracked.tps.session.lesions) == [1]
+
+
+# -- the module's job driver against a real local engine service ----------------------------------
+def test_a_point_tracked_through_a_real_local_service_lands_on_every_timepoint(scene, tmp_path):
+    """EngineJobs + the real EngineConnection: `linguine serve` started as a subprocess, the study
+    uploaded, the job polled without blocking, the result applied to real MRML, the service stopped."""
+    import time
+
+    from LinGuinELib.frontend.engine import EngineConnection
+
+    connection = EngineConnection(mode="local", python=sys.executable,
+                                  env={"PYTHONPATH": str(REPO), "LINGUINE_HOME": str(tmp_path)})
+    scene.jobs.connection = connection
+    try:
+        scene.tps.refresh()
+        session = scene.tps.ensure_session()
+        lesion = session.next_lesion("Tumour A")
+        markups = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "prompt")
+        markups.AddControlPointWorld(*world_centre_ras(scene.volumes[0], CENTRES_KJI[0]))
+        scene.jobs.track([scene.prompts.from_point(session, lesion, scene.volumes[0].GetID(), markups)], settings())
+        deadline = time.monotonic() + 180
+        while scene.jobs.tick():
+            assert time.monotonic() < deadline, scene.jobs.progress
+            time.sleep(0.1)
+        assert scene.jobs.outcome.ok, scene.jobs.outcome.message
+        from LinGuinELib.core.tracking import LesionPrompt, Tracker
+
+        s = settings()  # the in-process result of the same prompt is what the scene must show
+        source = session.study.scan(scene.volumes[0].GetName())
+        expected = Tracker(session.study, s.make_registration(), s.make_segmenter(), **s.tracker_options()).track(
+            [LesionPrompt(lesion, source.scan_id, point_lps=session.observations[lesion.lesion_id][source.scan_id].point_lps)])
+        assert session.observations[lesion.lesion_id][source.scan_id].status == "source"
+        for volume in scene.volumes:
+            label = volume.GetName()
+            want = expected.observation(lesion.lesion_id, label)
+            assert session.observations[lesion.lesion_id][label].status == want.status
+            mask = scene.results.mask(lesion.lesion_id, label)
+            assert np.array_equal(mask, want.mask if want.mask is not None else np.zeros_like(mask))
+        assert scene.results.mask(lesion.lesion_id, source.scan_id).any()
+    finally:
+        scene.jobs.reset()
+        connection.shutdown()
+    assert not connection.service.alive()  # the module's cleanup stops the local service

@@ -130,7 +130,7 @@ class EngineJobs:
                 if state != "ready":
                     self.progress = ("starting the engine service...", 0.0)
                     return True
-                job.job_id = self.connection.submit(job.submit(self.connection.client, self._session_id()))
+                job.job_id = self.connection.follow(job.submit(self.connection.client, self._session_id()))
                 self.progress = ("submitted", 0.0)
                 return True
             status = self.connection.tick().get(job.job_id)
