@@ -23,6 +23,7 @@ REGISTRATIONS = {
 SEGMENTERS = {
     "classic": ("LinGuinELib.segmentation.classic", "ClassicSegmenter"),
     "nninteractive": ("LinGuinELib.segmentation.nninteractive", "NNInteractiveSegmenter"),
+    "vista3d": ("LinGuinELib.segmentation.vista3d", "Vista3DSegmenter"),
 }
 
 DEFAULT_REGISTRATION = "sitk"
