@@ -137,7 +137,7 @@ def test_negative_points_change_the_mask(segmenter, small_window, scan_factory, 
     monkeypatch.setattr(segmenter._network, "forward",
                         lambda *a, **k: seen.append(k["point_labels"].tolist()) or forward(*a, **k))
     corrected = segmenter.segment(scan, np.array([[10, 20, 20]]), np.array([[10, 20, 30]]))
-    assert seen == [[[3, 2]]]  # special-class (lesion) labels: positive 3, negative 2, passed explicitly
+    assert seen == [[[3, 2]]] * 2  # one window per point; lesion labels: positive 3, negative 2
     assert alone.any()
     assert (alone != corrected).sum() > 100
 
