@@ -160,6 +160,21 @@ def test_preprocessed_image_is_cached_per_scan(segmenter, small_window, scan_fac
     assert segmenter._entry(scan).image is not image
 
 
+def test_lung_class_from_the_settings_runs_the_class_head(weights, small_window, scan_factory, monkeypatch):
+    from LinGuinELib.frontend.settings import Settings
+
+    seg = Settings(segmentation="vista3d", lesion_class="lung", device="cpu", weights=str(weights)).make_segmenter()
+    seg.load()
+    seen = []
+    forward = seg._network.forward
+    monkeypatch.setattr(seg._network, "forward",
+                        lambda *a, **k: seen.append((k["class_vector"].tolist(), k["point_labels"].tolist()))
+                        or forward(*a, **k))
+    mask = seg.segment(scan_factory("lung"), np.array([[10, 20, 20]]))
+    assert seen == [([[23]], [[3]])]  # lung tumour class head, lesion point label
+    assert mask.any()
+
+
 def test_unknown_lesion_class_is_named(weights):
     with pytest.raises(InputError, match="unknown Vista3D lesion class 'kidney'"):
         v3d.Vista3DSegmenter(device="cpu", weights=str(weights), lesion_class="kidney")
