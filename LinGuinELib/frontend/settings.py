@@ -12,10 +12,10 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from LinGuinELib.backends import (DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS,
-                                  make_registration, make_segmenter)
+from LinGuinELib.backends import (DEFAULT_LESION_CLASS, DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS,
+                                  SEGMENTERS, VISTA3D_LESION_CLASSES as LESION_CLASSES, make_registration,
+                                  make_segmenter)
 from LinGuinELib.core.errors import InputError
-from LinGuinELib.segmentation.vista3d import DEFAULT_LESION_CLASS, LESION_CLASSES
 
 
 @dataclass(frozen=True)

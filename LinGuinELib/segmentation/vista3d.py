@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from LinGuinELib.backends import DEFAULT_LESION_CLASS, VISTA3D_LESION_CLASSES as LESION_CLASSES
 from LinGuinELib.backends.device import free_memory, import_torch_package, resolve_device, shared_worker
 from LinGuinELib.backends.models import default_manager
 from LinGuinELib.core.coords import ras_matrix_from_lps
@@ -48,8 +49,6 @@ SPACING_MM = 1.5
 FOREGROUND_MARGIN = 10
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
 POSITIVE_LABEL, NEGATIVE_LABEL = 3, 2  # Vista3D's point labels for its special (tumour/lesion) classes
-LESION_CLASSES = {"lesion": None, "lung": 23, "liver": 26}  # None: point head only, class-agnostic
-DEFAULT_LESION_CLASS = "lesion"
 
 
 def preprocessing():
