@@ -18,11 +18,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
 
 def test_study_benchmark_reuses_registrations_for_the_second_lesion(ct_dir, tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--devices", "cpu", "--tasks", "study", "prompt", "--small",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--devices", "cpu", "--tasks", "study", "prompt", "vista3d", "--small",
                            "--repeats", "1", "--ct", str(ct_dir / "lung2_image.nrrd"), "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study, prompt = json.loads(out.read_text())
+    study, prompt, vista3d = json.loads(out.read_text())
     assert (study["task"], prompt["task"]) == ("study", "prompt")
     assert study["scans"] == 5 and study["small"]
     assert study["first_stats"]["registration_calls"] == 4  # each follow-up registered once
@@ -30,4 +30,5 @@ def test_study_benchmark_reuses_registrations_for_the_second_lesion(ct_dir, tmp_
     assert 5 <= study["cached_stats"]["segmentation_calls"] <= 9  # source + 4 targets, + up to 4 boosts
     assert 0 < study["cached_s"] < study["first_s"]
     assert prompt["seconds"][0] > 0 and prompt["peak_mb"] > 0
+    assert vista3d["task"] == "vista3d" and vista3d["seconds"][0] > 0 and vista3d["peak_mb"] > 0
     assert "first" in proc.stdout and "goal < 2 s" in proc.stdout

@@ -239,6 +239,7 @@ def test_requirement_files_follow_the_chosen_backends():
                                                       "requirements-nninteractive.txt"]
     assert not install_plan.needs_torch(RESOURCES, "identity", "classic")
     assert install_plan.needs_torch(RESOURCES, "sitk", "nninteractive")
+    assert names("sitk", "vista3d") == ["requirements.txt", "requirements-vista3d.txt"]
 
 
 def test_missing_requirements_and_the_confirmation_text():

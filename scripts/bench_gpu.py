@@ -1,24 +1,25 @@
 #!/usr/bin/env python
 """Benchmark the deep-learning backends: seconds and peak memory per uniGradICON registration (175^3, both
-directions from one pass), per nnInteractive point prompt, and for a whole 5-scan study, on the CPU and on
-every CUDA GPU present.
+directions from one pass), per nnInteractive and per Vista3D point prompt, and for a whole 5-scan study, on the
+CPU and on every CUDA GPU present.
 
 Random weights of the published architectures are used (uniGradICON: 70.7 M parameters; nnInteractive:
-ResEnc-L, 192^3 patch, 8 input channels), so no download is needed; they run at the speed of the real
+ResEnc-L, 192^3 patch, 8 input channels; Vista3D: ``vista3d132``, 128^3 window), so no download is needed; they run at the speed of the real
 ones. Each measurement runs in its own process so that peak host memory (max RSS) belongs to it alone;
 on a GPU the peak is ``torch.cuda.max_memory_allocated``. Prompts run with nnInteractive's autozoom off
 (one network pass, as for a small lesion); a large lesion can take a few more passes.
 
 Tasks:
   registration  one scan pair, registered ``--repeats`` times
-  prompt        one point prompt on a scan whose image is already set, ``--repeats`` times
+  prompt        one nnInteractive point prompt on a scan whose image is already set, ``--repeats`` times
+  vista3d       one Vista3D point prompt (positive and negative point) on a scan already preprocessed, ``--repeats`` times
   study         a synthetic 5-scan study from the CT (``--ct`` and its ``_label`` file), one lesion clicked on
                 the first scan and tracked with boost (1 + 4 x 2 prompts, 4 registrations): "first" is the
                 whole run with models loaded, "cached" a second lesion once registrations are cached and
                 every scan's image is set. The goal on a GPU: first < 10 s, cached < 2 s. Runs on CUDA
                 devices only unless asked for (on a CPU it takes about half an hour).
 
-    python scripts/bench_gpu.py [--devices cpu cuda] [--tasks registration prompt study] [--repeats 2]
+    python scripts/bench_gpu.py [--devices cpu cuda] [--tasks registration prompt vista3d study] [--repeats 2]
                                 [--ct lung2_image.nrrd] [--json out.json] [--small]
 """
 
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_CT = Path(os.environ.get("LINGUINE_CT_DIR", REPO.parent / "shared" / "data" / "ct")) / "lung2_image.nrrd"
 PUBLISHED_NNINTERACTIVE = {"patch_size": 192, "features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6)}
-TASKS = ("registration", "prompt", "study")
+TASKS = ("registration", "prompt", "vista3d", "study")
 
 
 def load_scans(ct: Path):
@@ -93,6 +94,18 @@ class Run:
         return nni.NNInteractiveSegmenter(device=self.device_spec, weights=str(folder), autozoom=False,
                                           models=self.models)
 
+    @functools.cached_property
+    def vista3d(self):
+        sys.path.insert(0, str(REPO / "Testing"))
+        from vista3d_weights import write_random_vista3d
+
+        from LinGuinELib.segmentation import vista3d
+
+        if self.small:
+            vista3d.PATCH_SIZE = (32, 32, 32)  # the network's smallest window
+        weights = write_random_vista3d(self.work / "vista3d")
+        return vista3d.Vista3DSegmenter(device=self.device_spec, weights=str(weights), models=self.models)
+
     def sync(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
@@ -131,6 +144,16 @@ def bench_prompt(run: Run, ct: Path, repeats: int) -> dict:
                         for n in range(repeats)]}
 
 
+def bench_vista3d(run: Run, ct: Path, repeats: int) -> dict:
+    scan = load_scans(ct)[0]
+    run.vista3d.load()
+    centre = np.array(scan.shape) // 2
+    run.vista3d.segment(scan, [centre])  # preprocesses the scan (once per scan) and warms up
+    run.reset_peak()
+    return {"seconds": [run.timed(run.vista3d.segment, scan, [centre + [0, 5 * (n + 1), 0]],
+                                  [centre + [0, -20, 0]])[0] for n in range(repeats)]}
+
+
 def bench_study(run: Run, ct: Path, work: Path) -> dict:
     from LinGuinELib.core.lesion import Lesion
     from LinGuinELib.registration.base import RegistrationCache
@@ -166,6 +189,8 @@ def child(task: str, device_spec: str, repeats: int, ct: Path, size: int, small:
         result = bench_registration(run, ct, repeats)
     elif task == "prompt":
         result = bench_prompt(run, ct, repeats)
+    elif task == "vista3d":
+        result = bench_vista3d(run, ct, repeats)
     else:
         result = bench_study(run, ct, work)
     torch, dev = run.torch, run.device
@@ -190,11 +215,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=None, help="devices to test (default: cpu and each cuda)")
     parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
-                        help="default: all three on CUDA devices, registration and prompt on the CPU")
+                        help="default: all on CUDA devices, all but study on the CPU")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=None, help="GradICON grid (default 175, the production size)")
     parser.add_argument("--small", action="store_true",
-                        help="tiny networks (65^3 grid, 64^3 patch): checks the script, not the speed")
+                        help="tiny networks (65^3 grid, 64^3 patch, Vista3D 32^3 window): checks the script, not the speed")
     parser.add_argument("--ct", type=Path, default=DEFAULT_CT, help="CT volume to use (default: lung2 sample)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "DEVICE"), help=argparse.SUPPRESS)

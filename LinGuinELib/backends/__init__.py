@@ -23,10 +23,16 @@ REGISTRATIONS = {
 SEGMENTERS = {
     "classic": ("LinGuinELib.segmentation.classic", "ClassicSegmenter"),
     "nninteractive": ("LinGuinELib.segmentation.nninteractive", "NNInteractiveSegmenter"),
+    "vista3d": ("LinGuinELib.segmentation.vista3d", "Vista3DSegmenter"),
 }
 
 DEFAULT_REGISTRATION = "sitk"
 DEFAULT_SEGMENTATION = "classic"
+
+# Vista3D prompt classes, name -> Vista3D class id (None: class-agnostic lesion prompt); see
+# segmentation/vista3d.py. Kept here so front ends can list them without importing the backend.
+VISTA3D_LESION_CLASSES = {"lesion": None, "lung": 23, "liver": 26}
+DEFAULT_LESION_CLASS = "lesion"
 
 
 def _build(table: dict, kind: str, name: str, options: dict):

@@ -26,7 +26,7 @@ TORCH_APPROX_MB = 4600  # CUDA build on Linux, measured; CPU-only builds are sev
 
 APPROX_INSTALLED_MB = {
     "connected-components-3d": 19, "scikit-image": 54, "tqdm": 1, "filelock": 1, "scipy": 143, "pydicom": 10,
-    "highdicom": 36, "unigradicon": 1740, "icon-registration": 1740, "nninteractive": 500,
+    "highdicom": 36, "unigradicon": 1740, "icon-registration": 1740, "nninteractive": 500, "monai": 16,
 }
 
 

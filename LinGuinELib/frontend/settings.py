@@ -12,8 +12,9 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from LinGuinELib.backends import (DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS, SEGMENTERS,
-                                  make_registration, make_segmenter)
+from LinGuinELib.backends import (DEFAULT_LESION_CLASS, DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS,
+                                  SEGMENTERS, VISTA3D_LESION_CLASSES as LESION_CLASSES, make_registration,
+                                  make_segmenter)
 from LinGuinELib.core.errors import InputError
 
 
@@ -22,7 +23,8 @@ class Settings:
     """Backends and tracking options of one run (hashable: backends are reused while they match).
 
     ``radius_mm``: component search radius in mm; ``device``: auto|cpu|cuda|cuda:N; ``weights``: a local
-    weights file or folder (None: the model cache); ``io_steps``: GradICON instance-optimisation steps.
+    weights file or folder (None: the model cache); ``io_steps``: GradICON instance-optimisation steps;
+    ``lesion_class``: the Vista3D prompt class (lesion: any organ; lung; liver).
     """
 
     registration: str = DEFAULT_REGISTRATION
@@ -33,6 +35,7 @@ class Settings:
     device: str = "auto"
     weights: str | None = None
     io_steps: int = 0
+    lesion_class: str = DEFAULT_LESION_CLASS
 
     def __post_init__(self):
         if self.registration not in REGISTRATIONS:
@@ -43,6 +46,8 @@ class Settings:
             raise InputError(f"radius_mm must be > 0 mm, not {self.radius_mm}")
         if self.io_steps < 0:
             raise InputError(f"io_steps must be >= 0, not {self.io_steps}")
+        if self.lesion_class not in LESION_CLASSES:
+            raise InputError(f"unknown lesion_class {self.lesion_class!r}; choose one of: {', '.join(LESION_CLASSES)}")
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -50,7 +55,7 @@ class Settings:
         """From the options :func:`add_arguments` defines."""
         return cls(registration=args.registration, segmentation=args.segmentation, boost=args.boost,
                    chain=args.chain, radius_mm=args.radius_mm, device=args.device, weights=args.weights,
-                   io_steps=args.io_steps)
+                   io_steps=args.io_steps, lesion_class=args.lesion_class)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
@@ -70,7 +75,7 @@ class Settings:
     # -- backends ------------------------------------------------------------------------------
     def options(self) -> dict:
         """Keyword options for the backend constructors (each backend takes those it accepts)."""
-        return {"device": self.device, "weights": self.weights, "io_steps": self.io_steps}
+        return {"device": self.device, "weights": self.weights, "io_steps": self.io_steps, "lesion_class": self.lesion_class}
 
     def make_registration(self):
         return make_registration(self.registration, **self.options())
@@ -98,3 +103,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="auto|cpu|cuda|cuda:N (deep-learning backends)")
     g.add_argument("--weights", default=d.weights, help="local model weights file or folder (or $LINGUINE_WEIGHTS)")
     g.add_argument("--io-steps", type=int, default=d.io_steps, help="instance-optimisation steps (GradICON backends)")
+    g.add_argument("--lesion-class", default=d.lesion_class, choices=list(LESION_CLASSES),
+                   help="Vista3D prompt class: lesion (any organ, default), lung (lung tumour), liver (hepatic tumour)")
