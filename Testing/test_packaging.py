@@ -19,3 +19,12 @@ def test_engine_never_imports_slicer_qt_ctk_or_vtk():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|PythonQt|mrml)\b", re.M)
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "LinGuinELib").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_engine_core_imports_nothing_from_io_front_ends_or_research():
+    """The core (scans, tracking, measurements) depends only on itself and the two backend interfaces."""
+    allowed = re.compile(r"^LinGuinELib(\.core(\.\w+)?|\.registration\.base|\.segmentation\.base)?$")
+    pattern = re.compile(r"^\s*(?:from|import)\s+(LinGuinELib[\w.]*)", re.M)
+    offenders = [(p.name, m) for p in (REPO / "LinGuinELib" / "core").glob("*.py")
+                 for m in pattern.findall(p.read_text()) if not allowed.match(m)]
+    assert offenders == []
