@@ -18,6 +18,7 @@ import numpy as np
 
 from LinGuinELib.frontend.settings import add_arguments as settings_arguments
 from LinGuinELib.commands.track import make_tracker, tqdm_progress
+from LinGuinELib.commands import out_folder
 
 NAME = "demo"
 HELP = "Track the tumour of a real chest CT through a small semi-synthetic longitudinal study (CPU defaults)."
@@ -25,7 +26,8 @@ DIFFICULTY = "medium"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="linguine-demo", help="output folder (default: linguine-demo)")
+    parser.add_argument("--out", type=out_folder, default="linguine-demo",
+                        help="output folder (default: linguine-demo)")
     parser.add_argument("--scans", type=int, choices=(3, 4), default=4, help="timepoints in the study (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic follow-ups (default 0)")
     settings_arguments(parser)
