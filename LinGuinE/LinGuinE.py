@@ -1363,7 +1363,8 @@ class LinGuinETest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from LinGuinELib.frontend.settings import Settings
-        from LinGuinELib.frontend.selftest_data import SPACING, dice
+        from LinGuinELib.core.measure import dice
+        from LinGuinELib.frontend.selftest_data import SPACING
         from LinGuinELib.frontend.slicer_bridge import TAG_ALGORITHM_TYPE, TAG_LESION_ID, TAG_TRACKING_UID, segment_id
 
         self.delayDisplay("Building a synthetic three-timepoint study")

@@ -50,7 +50,7 @@ def _study(image: Path, label: Path, folder: Path, n_scans: int, seed: int) -> P
 
 def run(args) -> int:
     from LinGuinELib.core import coords
-    from LinGuinELib.research.evaluation import dice
+    from LinGuinELib.core.measure import dice
     from LinGuinELib.core.lesion import Lesion
     from LinGuinELib.core.measure import measurement_rows
     from LinGuinELib.io.output import write_tracking_outputs
