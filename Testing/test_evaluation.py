@@ -213,3 +213,74 @@ def test_backend_caches_do_not_leak_between_studies_with_the_same_scan_ids(scan_
                          for sid, b in moved.items()])
     rows = evaluate_study(second, ShiftRegistration(OFFSETS), segmenter).rows
     assert [r["dice"] for r in rows] == pytest.approx([1.0, 1.0])
+
+
+class LabelReadingSegmenter(ThresholdSegmenter):
+    """A backend that would cheat: returns the scan's true lesion if the scan carries its label map."""
+
+    name = "label-reader"
+
+    def __init__(self):
+        super().__init__()
+        self.seen_labels = []
+
+    def _segment(self, scan, positive, negative):
+        self.seen_labels.append((scan.scan_id, scan.label is not None))
+        if scan.label is not None:
+            return scan.label == scan.label[tuple(positive[0])]
+        return np.zeros(scan.shape, bool)
+
+
+class LabelReadingRegistration(ShiftRegistration):
+    def register(self, source, target):
+        assert source.label is None and target.label is None, "the tracker must not see label maps"
+        with pytest.raises(ValueError):
+            target.array[0, 0, 0] = 0  # nor change the images the scoring reads
+        return super().register(source, target)
+
+
+def test_tracker_never_sees_the_labels(scan_factory):
+    study = Study("P1", _scans(scan_factory))
+    segmenter = LabelReadingSegmenter()
+    ev = evaluate_study(study, LabelReadingRegistration(OFFSETS), segmenter, source="first", prompt="click")
+    assert segmenter.seen_labels and not any(seen for _, seen in segmenter.seen_labels)
+    # The cheat gains nothing: every present target lesion is missed (Dice 0), nothing is "found".
+    pairs = _rows_by_pair(ev.rows)
+    assert [pairs[k]["outcome"] for k in [(1, "t1"), (1, "t2"), (2, "t1")]] == ["missed"] * 3
+    assert all(study.scan(sid).label is not None for sid in ("t0", "t1", "t2")), "the caller's study keeps them"
+
+
+class BallSegmenter(ThresholdSegmenter):
+    """Always 'finds' a 3 mm ball at the point, lesion or not."""
+
+    name = "ball"
+
+    def _segment(self, scan, positive, negative):
+        kk, jj, ii = np.indices(scan.shape)
+        k, j, i = positive[0]
+        sp = scan.spacing_kji
+        return ((kk - k) * sp[0]) ** 2 + ((jj - j) * sp[1]) ** 2 + ((ii - i) * sp[2]) ** 2 <= 9.0
+
+
+def test_false_positive_is_reported_apart_from_dice(scan_factory, tmp_path):
+    from LinGuinELib.research.evaluation import write_evaluation
+
+    study = Study("P1", _scans(scan_factory))
+    ev = evaluate_study(study, ShiftRegistration(OFFSETS), BallSegmenter(), source="first", prompt="click")
+    fp = _rows_by_pair(ev.rows)[(2, "t2")]  # lesion 2 is gone on t2, yet a mask is predicted there
+    assert fp["truth"] == "absent" and fp["outcome"] == "false_positive" and fp["dice"] is None
+    present_dice = [r["dice"] for r in ev.rows if r["truth"] == "present"]
+    summary = write_evaluation(ev.rows, tmp_path / "eval", {"registration": "shift", "segmentation": "ball"})
+    assert summary["n_pairs"] == 3 and summary["median_dice"] == pytest.approx(float(np.median(present_dice)))
+    assert summary["n_false_positive"] == 1 and summary["false_positive_fraction"] == 1.0
+    assert fp["predicted_volume_ml"] > 0 and summary["false_positive_volume_ml"] == pytest.approx(fp["predicted_volume_ml"])
+    on_disk = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert on_disk["per_study"]["P1"]["n_false_positive"] == 1
+    with open(tmp_path / "eval" / "per_lesion.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["lesion_id"] == "2" and r["target_scan"] == "t2")
+    assert row["outcome"] == "false_positive" and row["dice"] == ""
+    md = (tmp_path / "eval" / "summary.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Study"))
+    cells = next(line for line in md.splitlines() if line.startswith("| P1"))
+    columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in cells.split("|")]))
+    assert columns["False pos."] == "1" and columns["Pairs"] == "3"

@@ -51,12 +51,13 @@ def phantom(scan_id, shape, spacing, origin, euler_deg, seed):
 
 
 def set_known_displacement(net):
-    """Give the last convolution a known non-zero output: a constant shift plus a feature-dependent part."""
+    """Give the last convolution a non-zero output that depends strongly on the images and on which one is
+    fixed (the network sees [moving, fixed] as its two input channels), plus a small constant shift."""
     last = net.regis_net.netPsi.net.lastConv
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 5e-3)
-        last.bias.copy_(torch.tensor([0.4, -0.5, 0.3]))  # network output is lastConv / 10, in [0, 1] units
+        last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.25)
+        last.bias.copy_(torch.tensor([0.1, -0.15, 0.1]))  # network output is lastConv / 10, in [0, 1] units
 
 
 def to_itk(scan):
@@ -88,12 +89,16 @@ def test_points_agree_with_icon_registration_itk_transform(random_weights, tmp_p
     theirs_b = b.lps_to_kji(np.array([phi_ba.TransformPoint([float(v) for v in p]) for p in p_a]))
     ours_a = a.lps_to_kji(backward(p_b))
     theirs_a = a.lps_to_kji(np.array([phi_ab.TransformPoint([float(v) for v in p]) for p in p_b]))
-    assert np.abs(ours_b - theirs_b).max() < 0.5
-    assert np.abs(ours_a - theirs_a).max() < 0.5
+    # The adapter agrees with upstream to ~1e-6 voxel; a swapped direction, a wrong intensity window or
+    # inputs scaled to [-1, 1] each move the points by far more than 1e-3 voxel here.
+    assert np.abs(ours_b - theirs_b).max() < 1e-3
+    assert np.abs(ours_a - theirs_a).max() < 1e-3
     # the known displacement really moved the points (a box-to-box map would fail the check above)
     box_b = b.lps_to_kji(gradicon.FieldPointMap(np.zeros_like(forward.disp), forward.source, forward.target)(p_a))
     assert np.abs(ours_b - box_b).max(axis=0).min() > 1.0
-    assert forward.disp.std(axis=(1, 2, 3)).min() > 0.01  # not a constant shift: interpolation is exercised
+    assert forward.disp.std(axis=(1, 2, 3)).min() > 0.05  # not a constant shift: interpolation is exercised
+    # order-dependent: the field with A moving differs from the one with B moving (both on the same grid size)
+    assert np.abs(forward.disp - backward.disp).max() > 0.05
 
 
 def test_different_fields_of_view_are_prealigned(random_weights, tmp_path, ct_dir):
@@ -191,3 +196,97 @@ def test_real_weights_recover_a_known_shift(ct_dir):
     centre = full.kji_to_lps(np.argwhere(full.label > 0).mean(axis=0)[None])
     assert np.linalg.norm(forward(centre) - truth) < 2.5
     assert np.linalg.norm(backward(truth) - centre) < 2.5
+
+
+def chest_phantom(scan_id="chest", shape=(40, 90, 96), spacing=(3.0, 3.0, 4.0), seed=5):
+    """Air around a soft-tissue body holding two air-filled 'lungs' (about 1.9 L) and a nodule."""
+    rng = np.random.default_rng(seed)
+    kk, jj, ii = np.indices(shape).astype(float)
+    c = np.array(shape) / 2
+    arr = np.full(shape, -1000.0, np.float32)
+    arr[((kk - c[0]) / (0.48 * shape[0])) ** 2 + ((jj - c[1]) / (0.42 * shape[1])) ** 2
+        + ((ii - c[2]) / (0.45 * shape[2])) ** 2 < 1] = 40
+    for side in (-1, 1):
+        arr[((kk - c[0]) / (0.35 * shape[0])) ** 2 + ((jj - c[1]) / (0.3 * shape[1])) ** 2
+            + ((ii - c[2] - side * 0.22 * shape[2]) / (0.17 * shape[2])) ** 2 < 1] = -850
+    arr[(kk - c[0]) ** 2 + (jj - c[1]) ** 2 + (ii - c[2] - 0.22 * shape[2]) ** 2 < 9] = 20
+    arr += rng.normal(0, 25, shape).astype(np.float32)
+    return Scan(scan_id, arr, (-140.0, -130.0, -80.0), spacing, np.eye(3), dt.datetime(2020, 1, 1))
+
+
+def test_lung_input_matches_upstream_preprocess_then_register_pair(random_weights, tmp_path):
+    """The lung model's network input equals what icon_registration's register_pair feeds the network after
+    lung_network_preprocess (mask applied at full resolution, then resized)."""
+    import itk
+    from icon_registration import itk_wrapper
+    from icon_registration.pretrained_models.lung_ct import lung_network_preprocess
+
+    scan = chest_phantom()
+    reg = backend(random_weights, tmp_path, cls=gradicon.LungGradICONRegistration, prealign="never")
+    net = reg.load()
+    ours = reg._input(scan, gradicon.NetworkFrame(scan, SIZE), None)[0, 0].cpu().numpy()
+
+    def itk_image(array):
+        image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+        image.SetOrigin(tuple(scan.origin))
+        image.SetSpacing(tuple(scan.spacing))
+        image.SetDirection(itk.matrix_from_array(scan.direction))
+        return image
+
+    mask = gradicon.lung_mask(scan.array, scan.spacing_kji, 0)
+    assert 1.0 < mask.sum() * np.prod(scan.spacing) / 1e6 < 3.0  # litres: the two 'lungs'
+    upstream = lung_network_preprocess(itk_image(scan.array), itk_image(mask))
+    fed = []
+
+    class Fed(Exception):
+        pass
+
+    def capture(module, args):  # record what register_pair feeds the network, then stop it (saves a forward)
+        fed.append(args[0][0, 0].cpu().numpy())
+        raise Fed
+
+    hook = net.register_forward_pre_hook(capture)
+    try:
+        with pytest.raises(Fed):
+            itk_wrapper.register_pair(net, upstream, upstream)
+    finally:
+        hook.remove()
+    assert ours.shape == fed[0].shape == (SIZE,) * 3
+    assert np.abs(ours - fed[0]).max() < 1e-5
+    # the mask matters where it cuts: masking on the resized grid instead differs by far more
+    resized_mask = gradicon.lung_mask(
+        np.asarray(torch.nn.functional.interpolate(torch.from_numpy(scan.array)[None, None], size=(SIZE,) * 3,
+                                                   mode="trilinear", align_corners=False)[0, 0]),
+        gradicon.NetworkFrame(scan, SIZE).spacing_kji, 0)
+    unmasked = np.asarray(torch.nn.functional.interpolate(
+        torch.from_numpy((np.clip(scan.array, -1000, 0) + 1000) / 1000)[None, None], size=(SIZE,) * 3,
+        mode="trilinear", align_corners=False)[0, 0])
+    assert np.abs(unmasked * resized_mask - fed[0]).max() > 0.05
+
+
+def test_lung_weights_load_like_upstream_init_network(tmp_path):
+    """A state dict shaped like the published lung checkpoint (upstream lung_ct.make_network's regis_net) loads
+    tensor for tensor, and, as upstream's init_network (strict=False), a missing or extra tensor is tolerated;
+    uniGradICON stays strict, and a file matching nothing is refused naming it."""
+    from icon_registration.pretrained_models import lung_ct
+
+    torch.manual_seed(11)
+    upstream = lung_ct.make_network()
+    upstream.assign_identity_map([1, 1, 175, 175, 175])  # as init_network does
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in upstream.regis_net.state_dict().items()}
+    path = tmp_path / "lung_model_weights_step_2.trch"
+    torch.save(state, path)
+    net = backend(path, tmp_path, cls=gradicon.LungGradICONRegistration).load()
+    ours = net.regis_net.state_dict()
+    assert set(ours) == set(state) and all(torch.equal(ours[k], state[k]) for k in state)
+
+    dropped = next(iter(state))
+    partial = {k: v for k, v in state.items() if k != dropped} | {"extra.num_batches_tracked": torch.tensor(1)}
+    torch.save(partial, tmp_path / "partial.trch")
+    loaded = backend(tmp_path / "partial.trch", tmp_path / "p", cls=gradicon.LungGradICONRegistration).load()
+    assert torch.equal(loaded.regis_net.state_dict()[list(state)[1]], state[list(state)[1]])
+    with pytest.raises(LinGuinEError, match="not unigradicon weights"):
+        backend(tmp_path / "partial.trch", tmp_path / "u").load()
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.trch")
+    with pytest.raises(LinGuinEError, match="other.trch.*not lunggradicon weights"):
+        backend(tmp_path / "other.trch", tmp_path / "o", cls=gradicon.LungGradICONRegistration).load()

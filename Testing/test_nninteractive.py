@@ -152,10 +152,16 @@ def test_track_unigradicon_nninteractive_end_to_end(model_root, tmp_path, ct_dir
     with open(out / "lesions.csv", newline="") as fh:
         rows = {r["scan_id"]: r for r in csv.DictReader(fh)}
     assert rows["t0"]["status"] == "source"
-    assert {rows[s]["status"] for s in ("t1", "t2")} <= {"found", "not_found", "outside_fov"}
+    # the tumour lies inside both follow-ups' fields of view (t1 after pre-alignment): never outside_fov
+    assert {rows[s]["status"] for s in ("t1", "t2")} <= {"found", "not_found"}
     for scan_id, shape in (("t0", full.shape), ("t1", (44, 410, 410)), ("t2", (61, 256, 256))):
         label = sitk.ReadImage(str(out / f"{scan_id}.nii.gz"))
+        voxels = int((sitk.GetArrayViewFromImage(label) == 1).sum())
         assert sitk.GetArrayViewFromImage(label).shape == shape
+        # what lesions.csv says matches the label map the user opens
+        assert (rows[scan_id]["status"] in ("source", "found")) == (voxels > 0), scan_id
+        volume = voxels * float(np.prod(label.GetSpacing())) / 1000.0
+        assert float(rows[scan_id]["volume_ml"] or 0.0) == pytest.approx(volume, abs=6e-4), scan_id  # csv: 3 decimals
     images = [e for e in spy if e[0] == "image"]
     assert len(images) == len({e[1] for e in images}) <= 3  # one session, one image per scan
     clicks = [e for e in spy if e[0] in ("reset", "point")]

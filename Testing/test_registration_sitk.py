@@ -62,11 +62,26 @@ def truth(transform, points):
     return np.array([invert_point(transform, p, p) for p in points])
 
 
-def test_backend_factory_builds_sitk():
-    backend = make_registration("sitk", device="cuda", threads=2)
-    assert isinstance(backend, SitkRegistration) and backend.name == "sitk"
-    with pytest.raises(InputError, match="bspline"):
-        SitkRegistration(deformable="bspline")
+def test_backend_factory_passes_options_and_drops_device(scan_factory):
+    """``--registration sitk --device cuda`` works on a CPU machine, the backend's own options reach it, and a
+    wrong option value is refused naming the choices."""
+    kw = dict(shape=(24, 48, 48), spacing=(1.0, 1.0, 2.0), blobs=(((12, 20, 22), 6.0), ((8, 34, 30), 4.0)))
+    source, target = scan_factory("a", **kw), scan_factory("b", origin=(4.0, -3.0, 2.0), seed=1, **kw)
+    kk, jj, ii = np.indices(source.shape)
+    outside = ((kk - 12) / 11.5) ** 2 + ((jj - 24) / 21) ** 2 + ((ii - 24) / 22) ** 2 > 1
+    for scan in (source, target):  # a body (soft tissue with a bone-like bar) in air
+        scan.array[:] = np.where(scan.array > -300, scan.array, 30.0)
+        scan.array[4:20, 8:14, 10:16] = 700.0
+        scan.array[10:14, 30:40, 28:31] = 500.0
+        scan.array[outside] = -1000.0
+    backend = make_registration("sitk", device="cuda", threads=2, deformable="none")
+    assert backend.deformable == "none"
+    point = source.kji_to_lps(np.array([[12.0, 20.0, 22.0]]))
+    mapped = backend.register(source, target)(point)  # same anatomy, target frame moved by (4, -3, 2) mm
+    # affine-only on a tiny phantom: within 2.5 mm (no registration: 5.4 mm off; the reverse direction: 10.8)
+    assert np.linalg.norm(mapped - (point + [4.0, -3.0, 2.0])) < 2.5
+    with pytest.raises(InputError, match="unknown deformable='bspline'; use demons, diffeomorphic or none"):
+        make_registration("sitk", deformable="bspline")
 
 
 def test_recovers_rigid_motion_in_the_right_direction(small_ct, backend):

@@ -10,12 +10,9 @@ from scipy import ndimage as ndi
 
 from LinGuinELib.backends import make_segmenter
 from LinGuinELib.core.errors import InputError
+from LinGuinELib.core.measure import dice
 from LinGuinELib.segmentation.classic import ClassicSegmenter
 from LinGuinELib.core.study import Scan, read_image
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def interior_centre(mask: np.ndarray, spacing_kji) -> np.ndarray:
@@ -43,8 +40,15 @@ def seg():
     return ClassicSegmenter()
 
 
-def test_factory_builds_classic_and_drops_device():
-    assert isinstance(make_segmenter("classic", device="cuda"), ClassicSegmenter)
+def test_classic_ignores_a_gpu_device_and_segments_the_same(scan_factory):
+    """``--segmentation classic --device cuda`` on a machine without CUDA: the CPU backend drops the option and
+    gives the same mask as the default one."""
+    scan = scan_factory(shape=(24, 48, 48), spacing=(1.0, 1.0, 1.5), blobs=(((12, 24, 24), 7.0),))
+    point = [[12, 24, 24]]
+    with_device = make_segmenter("classic", device="cuda:3")
+    mask = with_device.segment(scan, point)
+    assert np.array_equal(mask, ClassicSegmenter().segment(scan, point))
+    assert dice(mask, scan.label == 1) >= 0.8
 
 
 def test_lung2_tumour_on_chest_wall(lung2, seg):

@@ -20,7 +20,8 @@ from LinGuinELib.frontend import install_plan
 from LinGuinELib.frontend import slicer_bridge as bridge
 from LinGuinELib.core.errors import InputError, TrackingCancelled
 from LinGuinELib.frontend.settings import Settings
-from LinGuinELib.frontend.selftest_data import dice, moving_lesion_study
+from LinGuinELib.core.measure import dice
+from LinGuinELib.frontend.selftest_data import moving_lesion_study
 from LinGuinELib.frontend.session import TrackingSession, measurement_table, volume_series
 from LinGuinELib.core.study import Study
 from LinGuinELib.frontend.timepoints import DICOM, Timepoint, TimepointTable

@@ -112,8 +112,21 @@ def test_ui_file_declares_custom_widgets_and_gives_mrml_widgets_the_scene():
 
 
 # -- compile and import ------------------------------------------------------------------------------
-def test_module_file_compiles():
-    compile(MODULE.read_text(), str(MODULE), "exec")
+def test_module_file_defines_what_slicer_loads():
+    """Slicer finds a scripted module by its file name: it needs the classes <Name>, <Name>Widget, <Name>Logic
+    (and <Name>Test, whose runTest the Reload-and-Test button calls) with the scripted-module bases."""
+    import ast
+
+    tree = ast.parse(MODULE.read_text(), str(MODULE))  # a syntax error fails here too
+    bases = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    name = MODULE.stem
+    assert bases.get(name) == ["ScriptedLoadableModule"]
+    assert bases.get(f"{name}Widget", [None])[0] == "ScriptedLoadableModuleWidget"
+    assert bases.get(f"{name}Logic") == ["ScriptedLoadableModuleLogic"]
+    assert bases.get(f"{name}Test") == ["ScriptedLoadableModuleTest"]
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{name}Test")
+    methods = {f.name for f in test_class.body if isinstance(f, ast.FunctionDef)}
+    assert {"setUp", "runTest"} <= methods and any(m.startswith("test_") for m in methods)
 
 
 STUBS = textwrap.dedent('''

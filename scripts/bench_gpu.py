@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the deep-learning backends: seconds and peak memory per uniGradICON registration (175^3, both
 directions from one pass), per nnInteractive and per Vista3D point prompt, and for a whole 5-scan study, on the
-CPU and on every CUDA GPU present.
+CPU and on every CUDA GPU present (by default the CUDA GPUs only where there is one: the full-size CPU case
+takes minutes that a GPU lease should not pay for; ask for it with ``--devices cpu cuda``).
 
 Random weights of the published architectures are used (uniGradICON: 70.7 M parameters; nnInteractive:
 ResEnc-L, 192^3 patch, 8 input channels; Vista3D: ``vista3d132``, 128^3 window), so no download is needed; they run at the speed of the real
@@ -20,7 +21,11 @@ Tasks:
                 devices only unless asked for (on a CPU it takes about half an hour).
 
     python scripts/bench_gpu.py [--devices cpu cuda] [--tasks registration prompt vista3d study] [--repeats 2]
-                                [--ct lung2_image.nrrd] [--json out.json] [--small]
+                                [--ct lung2_image.nrrd] [--json out.json] [--small] [--child-timeout 600]
+
+The CT defaults to the lung2 sample (``research/sample_data.py``: ``../shared/data/ct`` if present, else the
+sample-data cache, downloaded once from PyPI). Each measurement's process is killed after ``--child-timeout``
+seconds and reported as failed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import argparse
 import datetime as dt
 import functools
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -41,7 +45,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_CT = Path(os.environ.get("LINGUINE_CT_DIR", REPO.parent / "shared" / "data" / "ct")) / "lung2_image.nrrd"
 PUBLISHED_NNINTERACTIVE = {"patch_size": 192, "features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6)}
 TASKS = ("registration", "prompt", "vista3d", "study")
 
@@ -211,6 +214,23 @@ def report(r: dict) -> str:
     return f"{head} {r['best_s']:8.2f} s  (runs: {runs})  {tail}"
 
 
+def default_devices(n_cuda: int) -> list[str]:
+    """Every CUDA device when there is one (the full-size CPU case is skipped), else the CPU."""
+    return [f"cuda:{i}" for i in range(n_cuda)] or ["cpu"]
+
+
+def run_child(cmd: list[str], timeout_s: float) -> tuple[dict | None, str]:
+    """(result, error) of one measurement process, killed after ``timeout_s`` seconds."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout_s:g} s (killed; raise --child-timeout)"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return None, proc.stderr[-2000:]
+    return json.loads(lines[-1][7:]), ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=None, help="devices to test (default: cpu and each cuda)")
@@ -220,30 +240,36 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=None, help="GradICON grid (default 175, the production size)")
     parser.add_argument("--small", action="store_true",
                         help="tiny networks (65^3 grid, 64^3 patch, Vista3D 32^3 window): checks the script, not the speed")
-    parser.add_argument("--ct", type=Path, default=DEFAULT_CT, help="CT volume to use (default: lung2 sample)")
+    parser.add_argument("--ct", type=Path, default=None,
+                        help="CT volume to use (default: the lung2 sample, fetched into the cache once if absent)")
+    parser.add_argument("--child-timeout", type=float, default=600.0,
+                        help="seconds before a measurement's process is killed (default 600)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size = args.size or (65 if args.small else 175)
+    if args.ct is None:
+        from LinGuinELib.research.sample_data import lung2_paths
+
+        args.ct = lung2_paths(log=lambda message: print(message, file=sys.stderr, flush=True))[0]
     if args.child:
         result = child(args.child[0], args.child[1], args.repeats, args.ct, size, args.small)
         print("RESULT " + json.dumps(result))
         return 0
     import torch
 
-    devices = args.devices or (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    devices = args.devices or default_devices(torch.cuda.device_count())
     results, failed = [], 0
     for dev in devices:
         for task in args.tasks or [t for t in TASKS if t != "study" or dev.startswith("cuda")]:
             cmd = [sys.executable, __file__, "--child", task, dev, "--repeats", str(args.repeats),
                    "--size", str(size), "--ct", str(args.ct)] + (["--small"] if args.small else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{task} on {dev} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            result, error = run_child(cmd, args.child_timeout)
+            if result is None:
+                print(f"{task} on {dev} failed:\n{error}", file=sys.stderr)
                 failed += 1
                 continue
-            results.append(json.loads(lines[-1][7:]))
+            results.append(result)
             print(report(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

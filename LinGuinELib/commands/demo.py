@@ -18,6 +18,7 @@ import numpy as np
 
 from LinGuinELib.frontend.settings import add_arguments as settings_arguments
 from LinGuinELib.commands.track import make_tracker, tqdm_progress
+from LinGuinELib.commands import out_folder
 
 NAME = "demo"
 HELP = "Track the tumour of a real chest CT through a small semi-synthetic longitudinal study (CPU defaults)."
@@ -25,7 +26,8 @@ DIFFICULTY = "medium"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="linguine-demo", help="output folder (default: linguine-demo)")
+    parser.add_argument("--out", type=out_folder, default="linguine-demo",
+                        help="output folder (default: linguine-demo)")
     parser.add_argument("--scans", type=int, choices=(3, 4), default=4, help="timepoints in the study (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic follow-ups (default 0)")
     settings_arguments(parser)
@@ -48,7 +50,7 @@ def _study(image: Path, label: Path, folder: Path, n_scans: int, seed: int) -> P
 
 def run(args) -> int:
     from LinGuinELib.core import coords
-    from LinGuinELib.research.evaluation import dice
+    from LinGuinELib.core.measure import dice
     from LinGuinELib.core.lesion import Lesion
     from LinGuinELib.core.measure import measurement_rows
     from LinGuinELib.io.output import write_tracking_outputs

@@ -11,6 +11,7 @@ from LinGuinELib.batch import runner
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.frontend.settings import add_arguments as settings_arguments
 from LinGuinELib.commands.track import tqdm_progress
+from LinGuinELib.commands import out_folder
 
 NAME = "evaluate"
 HELP = "Score tracking against label maps on labelled studies: Dice, centre distance, propagation error."
@@ -19,7 +20,8 @@ HELP = "Score tracking against label maps on labelled studies: Dice, centre dist
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("studies", nargs="+", metavar="STUDY_CSV",
                         help="study.csv files (or folders holding one) with a label map on every scan")
-    parser.add_argument("--out", required=True, help="output folder for per_lesion.csv, summary.md/.json and the plot")
+    parser.add_argument("--out", type=out_folder, required=True,
+                        help="output folder for per_lesion.csv, summary.md/.json and the plot")
     parser.add_argument("--source", default="first",
                         help="prompt scan: first, middle, last or a scan id (default: first)")
     parser.add_argument("--prompt", choices=("mask", "click"), default="mask",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from LinGuinELib.core.errors import InputError
+from LinGuinELib.commands import out_folder
 
 NAME = "export-seg"
 HELP = "Write one DICOM-SEG per timepoint (highdicom) from the label maps of a 'linguine track' output folder."
@@ -16,7 +17,7 @@ HELP = "Write one DICOM-SEG per timepoint (highdicom) from the label maps of a '
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="the patient's DICOM folder that was tracked")
     parser.add_argument("track_dir", help="output folder of 'linguine track' (<scan_id>.nii.gz and summary.json)")
-    parser.add_argument("--out", help="folder for the SEG files (default: TRACK_DIR/dicom-seg)")
+    parser.add_argument("--out", type=out_folder, help="folder for the SEG files (default: TRACK_DIR/dicom-seg)")
     parser.add_argument("--creator", default="LinGuinE^",
                         help="Content Creator's Name, DICOM person name such as 'Doe^Jane' (default: LinGuinE^)")
 

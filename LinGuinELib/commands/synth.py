@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from LinGuinELib.commands import out_folder
 
 NAME = "synth"
 HELP = "Make a semi-synthetic longitudinal study (known motion, deformation, lesion growth) from one CT."
@@ -13,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("image", help="baseline CT image (NRRD, NIfTI, MHA or a DICOM series folder)")
     parser.add_argument("label", help="lesion label map on the CT's grid (lesion ids as values)")
-    parser.add_argument("--out", required=True, help="output folder (study.csv, truth.json, images, label maps)")
+    parser.add_argument("--out", type=out_folder, required=True,
+                        help="output folder (study.csv, truth.json, images, label maps)")
     parser.add_argument("--scans", type=int, default=4, help="number of scans including the baseline (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--difficulty", default="medium", choices=list(LEVELS),

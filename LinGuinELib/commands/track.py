@@ -11,6 +11,7 @@ import numpy as np
 from LinGuinELib.core import coords
 from LinGuinELib.frontend.settings import Settings
 from LinGuinELib.frontend.settings import add_arguments as settings_arguments
+from LinGuinELib.commands import out_folder
 from LinGuinELib.core.errors import InputError
 
 NAME = "track"
@@ -28,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--point-ijk", nargs=3, type=float, action="append", metavar=("I", "J", "K"), default=[],
                    help="click as a voxel index (i = column, j = row, k = slice); may repeat")
     p.add_argument("--mask", help="label map on the source scan (lesion ids as values) or a DICOM-SEG")
-    p.add_argument("--lesion-id", type=int, action="append", default=[],
-                   help="with --mask: track only these ids (default all); with points: the ids of the points")
+    p.add_argument("--lesion-id", type=int, nargs="+", action="extend", default=[], metavar="ID",
+                   help="with --mask: track only these ids (default all); with points: the ids of the points, "
+                        "in prompt order (e.g. --lesion-id 1 2 3; may repeat)")
     p.add_argument("--name", action="append", default=[], help="lesion names, in prompt order")
-    parser.add_argument("--out", default="linguine-out", help="output folder (default: linguine-out)")
+    parser.add_argument("--out", type=out_folder, default="linguine-out", help="output folder (default: linguine-out)")
     parser.add_argument("--dicom-seg", action="store_true", help="also write one DICOM-SEG per timepoint (DICOM studies)")
     settings_arguments(parser)
     e = parser.add_argument_group("engine service")
@@ -101,7 +103,7 @@ def build_prompts(study, args) -> list:
         for n, point in enumerate(points):
             lid = ids[n] if ids else next_id + n
             if not scan.contains_lps(point.reshape(1, 3))[0]:
-                raise InputError(f"point {tuple(np.round(point, 2))} (LPS mm) lies outside scan '{scan.scan_id}'")
+                raise InputError(scan.outside_message(point))
             name_index = len(prompts)
             name = args.name[name_index] if name_index < len(args.name) else ""
             prompts.append(LesionPrompt(Lesion(lid, name), scan.scan_id, point_lps=point))

@@ -17,6 +17,11 @@ import numpy as np
 _FLIP = np.array([-1.0, -1.0, 1.0])
 
 
+def fmt_point(point, digits: int = 1) -> str:
+    """``(x, y, z)`` with plain rounded numbers (no numpy reprs), for messages."""
+    return "(" + ", ".join(f"{round(float(v), digits):g}" for v in np.ravel(point)) + ")"
+
+
 def lps_to_ras(points: np.ndarray) -> np.ndarray:
     """LPS mm -> RAS mm (flip x and y). Works for (3,) or (N, 3)."""
     return np.asarray(points, dtype=float) * _FLIP

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from LinGuinELib.core.study import Scan
@@ -55,6 +56,23 @@ def axial_diameters(mask: np.ndarray, scan: Scan) -> tuple[float, float, int]:
     return best
 
 
+def dice(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice 2|P∩T| / (|P|+|T|) of two bool masks; None when both are empty (nothing to score)."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    total = int(predicted.sum()) + int(truth.sum())
+    if total == 0:
+        return None
+    return 2.0 * int(np.logical_and(predicted, truth).sum()) / total
+
+
+def centre_of_mass_lps(mask: np.ndarray, scan: Scan) -> np.ndarray | None:
+    """Centre of mass (mean voxel centre) of a bool mask on ``scan``'s grid, in LPS mm; None if empty."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    return scan.kji_to_lps(np.array(ndimage.center_of_mass(mask)).reshape(1, 3))[0]
+
+
 def measure_mask(mask: np.ndarray, scan: Scan) -> dict:
     """Volume (mL), longest/short axial diameters (mm) and centre of mass (LPS mm) of a bool mask."""
     mask = np.asarray(mask, dtype=bool)
@@ -62,9 +80,8 @@ def measure_mask(mask: np.ndarray, scan: Scan) -> dict:
     if n == 0:
         return {"volume_ml": 0.0, "longest_diameter_mm": 0.0, "short_axis_mm": 0.0, "centre_lps": None}
     longest, short, _ = axial_diameters(mask, scan)
-    centre = scan.kji_to_lps(np.argwhere(mask).mean(axis=0).reshape(1, 3))[0]
     return {"volume_ml": n * scan.voxel_volume_mm3 / 1000.0, "longest_diameter_mm": longest,
-            "short_axis_mm": short, "centre_lps": centre}
+            "short_axis_mm": short, "centre_lps": centre_of_mass_lps(mask, scan)}
 
 
 def percent_changes(volumes: list[float | None]) -> list[tuple[float | None, float | None]]:

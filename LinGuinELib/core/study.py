@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,20 @@ class Scan:
         upper = np.asarray(self.shape, dtype=float) - 0.5
         return np.all((kji >= -0.5) & (kji < upper), axis=1)
 
+    def extent_lps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) LPS mm of the scan's voxel box (corners half a voxel beyond the outer centres)."""
+        corners = np.array([[k, j, i] for k in (-0.5, self.shape[0] - 0.5) for j in (-0.5, self.shape[1] - 0.5)
+                            for i in (-0.5, self.shape[2] - 0.5)])
+        lps = self.kji_to_lps(corners)
+        return lps.min(axis=0), lps.max(axis=0)
+
+    def outside_message(self, point_lps, what: str = "point") -> str:
+        """'<what> (x, y, z) (LPS mm) lies outside scan 'id', which spans x a..b, y c..d, z e..f (LPS mm)'."""
+        low, high = self.extent_lps()
+        span = ", ".join(f"{axis} {low[n]:.1f}..{high[n]:.1f}" for n, axis in enumerate("xyz"))
+        return (f"{what} {coords.fmt_point(point_lps, 2)} (LPS mm) lies outside scan '{self.scan_id}', "
+                f"which spans {span} (LPS mm)")
+
     def nearest_voxel(self, point_lps: np.ndarray) -> tuple[int, int, int]:
         """The (k, j, i) voxel whose centre is nearest to one LPS point, clipped into the array."""
         kji = np.rint(self.lps_to_kji(np.asarray(point_lps, dtype=float).reshape(1, 3))[0]).astype(int)
@@ -158,6 +173,69 @@ def integer_labels(array: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
+def _inflated_size(data: bytes, path: Path, gzip_header: bool) -> int:
+    """Bytes of a complete gzip (or zlib) stream ``data``; InputError naming ``path`` if cut or corrupt."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if gzip_header else 0))
+    total = 0
+    try:
+        for start in range(0, len(data), 1 << 22):
+            total += len(inflater.decompress(data[start:start + (1 << 22)]))
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise InputError(f"{path}: corrupt compressed data ({exc}); the file is damaged") from exc
+    if not inflater.eof:
+        raise InputError(f"{path}: compressed data ends early; the file is truncated (incomplete copy or download?)")
+    return total
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse a truncated or corrupt image file (which ITK may read as a partly zero image).
+
+    A gzip file (.nii.gz, ...) must be a complete, CRC-valid stream; for NIfTI, NRRD (attached raw or gzip
+    data) and MetaImage (.mha, local data) the voxel bytes the header announces must all be present.
+    """
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data_len = _inflated_size(data, path, gzip_header=True)
+        head = zlib.decompressobj(31).decompress(data[:1 << 16], 1024)
+    else:
+        data_len, head = len(data), data[:1024]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    n_bytes = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents() * one.GetSizeOfPixelComponent()
+    needed = available = None
+    if head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        little = head[:4] in (b"\x5c\x01\x00\x00", b"\x1c\x02\x00\x00")
+        nifti2 = head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+        order = "<" if little else ">"
+        offset = (int(np.frombuffer(head[168:176], order + "i8")[0]) if nifti2
+                  else int(np.frombuffer(head[108:112], order + "f4")[0]))
+        needed, available = offset + n_bytes, data_len
+    elif data[:4] == b"NRRD" or data[:8] == b"ObjectTy" or data[:5] == b"NDims":
+        end = data.find(b"\n\n") if data[:4] == b"NRRD" else data.find(b"ElementDataFile")
+        if end >= 0:
+            header = data[:end].decode("latin-1").lower()
+            if data[:4] == b"NRRD":
+                body = data[end + 2:]
+                fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line and ":=" not in line)
+                encoding = fields.get("encoding", "raw").strip()
+                attached = "data file" not in fields and "datafile" not in fields
+            else:
+                line_end = data.find(b"\n", end)
+                attached = data[end:line_end].split(b"=")[-1].strip().upper() == b"LOCAL"
+                body = data[line_end + 1:]
+                encoding = "zlib" if re.search(r"compresseddata\s*=\s*true", header) else "raw"
+            if attached and encoding == "raw":
+                needed, available = n_bytes, len(body)
+            elif attached and encoding in ("gzip", "gz", "zlib"):
+                needed, available = n_bytes, _inflated_size(body, path, gzip_header=encoding != "zlib")
+    if needed is not None and available < needed:
+        raise InputError(f"{path}: holds {available} of the {needed} bytes its header announces; the file is "
+                         "truncated (incomplete copy or download?)")
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file, or a folder holding one DICOM series, with a clear error."""
     path = Path(path)
@@ -174,6 +252,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                                  "or load the whole folder as a DICOM study")
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
+        check_image_file(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)

@@ -231,8 +231,7 @@ class Tracker:
             raise InputError(f"lesion {lid}: give a click or a mask")
         point = np.asarray(prompt.point_lps, dtype=float).reshape(3)
         if not scan.contains_lps(point.reshape(1, 3))[0]:
-            raise InputError(f"lesion {lid}: point {tuple(np.round(point, 2))} (LPS mm) lies outside scan "
-                             f"'{scan.scan_id}'")
+            raise InputError(f"lesion {lid}: {scan.outside_message(point)}")
         mask = self._segment(scan, point)
         return Observation(lid, scan.scan_id, SOURCE if mask.any() else NOT_FOUND, point,
                            mask if mask.any() else None)
@@ -303,8 +302,7 @@ class Tracker:
         positive_lps = np.atleast_2d(np.asarray(positive_lps, dtype=float))
         inside = scan.contains_lps(positive_lps)
         if not inside.all():
-            raise InputError(f"scan '{scan_id}': correction point {tuple(np.round(positive_lps[~inside][0], 2))} "
-                             "(LPS mm) lies outside the scan")
+            raise InputError(scan.outside_message(positive_lps[~inside][0], "correction point"))
         start = time.perf_counter()
         kji = np.array([scan.nearest_voxel(p) for p in positive_lps])
         negative = None

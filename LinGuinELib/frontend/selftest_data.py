@@ -48,10 +48,3 @@ def moving_lesion_study(seed: int = 0) -> list[dict]:
         out.append({"name": f"CT_{date}", "array": array.astype(np.int16), "ijk_to_ras": ijk_to_ras.copy(),
                     "truth": truth, "centre_ras": centre_ras})
     return out
-
-
-def dice(a, b) -> float:
-    """Dice overlap of two bool masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)

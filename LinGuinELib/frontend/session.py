@@ -99,8 +99,11 @@ class TrackingSession:
         scan = self.study.scan(scan_id)
         point = coords.ras_to_lps(np.asarray(point_ras, dtype=float).reshape(3))
         if not scan.contains_lps(point.reshape(1, 3))[0]:
-            raise InputError(f"the point {tuple(np.round(np.asarray(point_ras, float), 1))} (RAS mm) lies outside "
-                             f"timepoint '{scan_id}'; place it on the lesion in that timepoint's view")
+            low, high = coords.lps_to_ras(np.array(scan.extent_lps()))
+            span = ", ".join(f"{axis} {min(low[n], high[n]):.1f}..{max(low[n], high[n]):.1f}"
+                             for n, axis in enumerate("RAS"))
+            raise InputError(f"the point {coords.fmt_point(point_ras)} (RAS mm) lies outside timepoint '{scan_id}', "
+                             f"which spans {span} (RAS mm); place it on the lesion in that timepoint's view")
         return LesionPrompt(lesion, scan_id, point_lps=point)
 
     def mask_prompt(self, lesion: Lesion, scan_id: str, mask) -> LesionPrompt:

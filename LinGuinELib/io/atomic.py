@@ -14,6 +14,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from LinGuinELib.core.errors import InputError
+
 
 def _suffix(path: Path) -> str:
     """Full extension, so writers that choose the format by name keep working (``.nii.gz``)."""
@@ -51,11 +53,22 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: boo
     return Path(path)
 
 
+def check_out_dir(out_dir: str | os.PathLike, what: str = "output folder") -> Path:
+    """``out_dir`` as a Path; InputError naming it if it, or a folder above it, is an existing non-folder."""
+    out_dir = Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "" if path == out_dir else f" (inside {path}, which is a file)"
+            raise InputError(f"{out_dir}: {what} cannot be created{where or ': a file of that name exists'}; "
+                             "nothing was written")
+    return out_dir
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | os.PathLike):
     """Yield a staging folder; on success its files move into ``out_dir`` (created then), on error it is
     deleted and ``out_dir`` is left untouched."""
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=parent))

@@ -4,10 +4,13 @@ Network: ``unigradicon.make_network([1, 1, N, N, N], include_last_step=True)`` w
 three models share this architecture), weights loaded strictly from a local file found or downloaded by
 :mod:`LinGuinELib.backends.models`. One forward pass per scan pair gives both directions; both are cached.
 
-Preprocessing, per model: uni/multiGradICON clamp CT to [-1000, 1000] HU and scale to [0, 1] at full
-resolution, then resize to N^3; the lung model clamps to [-1000, 0], scales to [0, 1] and multiplies by
-a lung mask computed here (:func:`lung_mask`: air threshold, air outside the body removed slice by
-slice, the largest components, closing and hole filling) on the N^3 grid.
+Preprocessing, per model, at full resolution and then resized to N^3 (trilinear, as ``register_pair``):
+uni/multiGradICON clamp CT to [-1000, 1000] HU and scale to [0, 1]; the lung model does what upstream's
+``lung_network_preprocess`` does: clamp to [-1000, 0], scale to [0, 1] and multiply by a lung mask, here
+computed per scan at full resolution (:func:`lung_mask`: air threshold, air outside the body removed
+slice by slice, the largest components, closing and hole filling). (A pre-aligned target is resampled
+onto the grid first, so its mask is computed there.) The lung weights load as upstream's
+``init_network`` loads them (``strict=False``); uni/multiGradICON weights must match exactly.
 
 Grid convention (the one of ``icon_registration.itk_wrapper.register_pair``). Axes are in array order
 (k, j, i). An image of ``n`` voxels on an axis is resized to ``N`` with trilinear interpolation and
@@ -210,11 +213,9 @@ def lung_mask(hu: np.ndarray, spacing_kji, axial_axis: int = 0, closing_mm: floa
     order = np.argsort(counts)[::-1][:2]
     keep = [c for c in order if counts[c] >= 0.2 * counts[order[0]]]
     mask = np.isin(comps, keep)
-    radius = np.maximum(1, np.round(closing_mm / spacing)).astype(int)
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grid, radius)) <= 1.0
-    padded = np.pad(mask, [(r, r) for r in radius])
-    closed = ndimage.binary_closing(padded, structure=ball)[tuple(slice(r, -r) for r in radius)]
+    radius = np.maximum(1, np.round(closing_mm / spacing)).astype(int)  # (k, j, i) voxels
+    closed = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(  # multi-threaded; safe border
+        sitk.GetImageFromArray(mask.astype(np.uint8)), [int(r) for r in radius[::-1]], sitk.sitkBall, 1, True)) > 0
     filled = np.moveaxis(closed, axial_axis, 0).copy()
     for z in range(filled.shape[0]):
         filled[z] = ndimage.binary_fill_holes(filled[z])
@@ -259,6 +260,7 @@ class GradICONRegistration(Registration):
     model_id = ""
     window = (-1000.0, 1000.0)
     masked = False
+    strict_weights = True  # every tensor must match (the lung model: upstream's strict=False)
 
     def __init__(self, device: str = "auto", weights: str | None = None, io_steps: int = 0, progress=None,
                  prealign: str = "auto", prealign_tol_mm: float = 10.0, input_size: int | None = None,
@@ -279,6 +281,10 @@ class GradICONRegistration(Registration):
         self.models = models or default_manager(progress)
         self.network = None
         self.last_prealigned = False
+        self._lung_masks: dict[str, np.ndarray] = {}  # scan id -> full-resolution lung mask (k, j, i)
+
+    def forget(self, scan_id: str) -> None:
+        self._lung_masks.pop(scan_id, None)
 
     # -- model ----------------------------------------------------------------------------------------------
     def load(self):
@@ -298,7 +304,7 @@ class GradICONRegistration(Registration):
         state = {k: v for k, v in state.items() if not k.endswith("identity_map")}
         net = build_network(self.input_size)
         missing, unexpected = net.regis_net.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        if len(unexpected) == len(state) or (self.strict_weights and (missing or unexpected)):
             raise ValueError(f"not {self.name} weights: {len(missing)} missing and {len(unexpected)} unexpected "
                              f"tensors (e.g. {(list(missing) + list(unexpected))[:2]})")
         return net.to(self.device).eval()
@@ -336,18 +342,22 @@ class GradICONRegistration(Registration):
             t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(self.device)
             return functional.interpolate(t, size=(n, n, n), mode="trilinear", align_corners=False)
 
-        if hu_on_grid is None:
-            x = resize((np.clip(scan.array.astype(np.float32), lo, hi) - lo) / (hi - lo))
-        else:
-            x = torch.from_numpy((np.clip(hu_on_grid, lo, hi) - lo) / (hi - lo))[None, None].float().to(self.device)
+        hu = scan.array if hu_on_grid is None else hu_on_grid
+        x = (np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)
         if self.masked:
-            hu = hu_on_grid if hu_on_grid is not None else resize(scan.array)[0, 0].cpu().numpy()
-            mask = lung_mask(hu, frame.spacing_kji, frame.axial_axis)
+            if hu_on_grid is None:
+                if scan.scan_id not in self._lung_masks:
+                    self._lung_masks[scan.scan_id] = lung_mask(scan.array, scan.spacing_kji, frame.axial_axis)
+                mask = self._lung_masks[scan.scan_id]
+            else:
+                mask = lung_mask(hu_on_grid, frame.spacing_kji, frame.axial_axis)
             if not mask.any():
                 raise InputError(f"scan '{scan.scan_id}': no lungs found (no air pocket of 100 mL inside the body); "
                                  f"{self.name} needs chest CT, use unigradicon for other regions")
-            x = x * torch.from_numpy(mask.astype(np.float32))[None, None].to(self.device)
-        return x
+            x = x * mask
+        if hu_on_grid is None:
+            return resize(x)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
 
     def _fields(self, source, frame_a, target, frame_b, hu_b):
         """Displacement fields (3, N, N, N), network voxels: phi_AB - id (target grid -> source) and
@@ -422,3 +432,4 @@ class LungGradICONRegistration(GradICONRegistration):
     model_id = "lunggradicon"
     window = (-1000.0, 0.0)
     masked = True
+    strict_weights = False

@@ -5,10 +5,11 @@ click at its interior centre) and tracked to every other scan; each (lesion, tar
 scored against the target's label map:
 
 * ``dice``: 2|P∩T| / (|P|+|T|) of the predicted mask P (the lesion's id on the overlap-resolved
-  label map that ``linguine track`` writes) and the true mask T. 0 when the lesion exists but nothing
-  was found (or the point left the field of view), and 0 for anything predicted where the lesion is
-  absent. A correctly empty result on a scan without the lesion has no Dice: it is counted apart
-  (``n_correct_empty``).
+  label map that ``linguine track`` writes) and the true mask T, only where the lesion is present (as
+  the paper scores): 0 when nothing was found there (or the point left the field of view). On a scan
+  without the lesion there is no Dice: a predicted mask is a false positive (``n_false_positive``,
+  ``false_positive_fraction`` of the absent pairs, its volume), an empty one is ``n_correct_empty``.
+  The Dice median and slope are therefore over present pairs only.
 * ``ed_mm``: distance (mm) between the centres of mass of P and T (the paper's ED); undefined when
   P or T is empty.
 * ``propagation_error_mm``: distance (mm) from the registration-propagated point (before any boost
@@ -24,16 +25,17 @@ against weeks elapsed (Dice per week).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.core.measure import centre_of_mass_lps, dice
 from LinGuinELib.registration.base import Registration
 from LinGuinELib.segmentation.base import Segmenter
 from LinGuinELib.core.study import Scan, Study
@@ -50,21 +52,6 @@ PROMPTS = ("mask", "click")
 
 
 # -- metrics -------------------------------------------------------------------------------------
-def dice(predicted: np.ndarray, truth: np.ndarray) -> float | None:
-    """Dice of two bool masks; None when both are empty (nothing to score)."""
-    total = int(predicted.sum()) + int(truth.sum())
-    if total == 0:
-        return None
-    return 2.0 * int(np.logical_and(predicted, truth).sum()) / total
-
-
-def centre_of_mass_lps(mask: np.ndarray, scan: Scan) -> np.ndarray | None:
-    """Centre of mass of a bool mask in LPS mm; None if empty."""
-    if not mask.any():
-        return None
-    return scan.kji_to_lps(np.array(ndimage.center_of_mass(mask)).reshape(1, 3))[0]
-
-
 def centre_distance_mm(predicted: np.ndarray, truth: np.ndarray, scan: Scan) -> float | None:
     """Distance (mm) between the centres of mass of two masks (the paper's ED); None if either is empty."""
     a, b = centre_of_mass_lps(predicted, scan), centre_of_mass_lps(truth, scan)
@@ -103,10 +90,23 @@ def check_labelled(study: Study) -> None:
                          "on every scan (column 'label')")
 
 
+def unlabelled(study: Study) -> Study:
+    """A copy of ``study`` whose scans carry no label map (the images are shared, read-only), for the tracker:
+    the truth reaches it only as the source prompt, so no backend can read a target's labels."""
+    scans = []
+    for scan in study:
+        array = scan.array.view()
+        array.flags.writeable = False
+        scans.append(dataclasses.replace(scan, array=array, label=None, meta=dict(scan.meta)))
+    return Study(study.patient_id, scans, study.source_path)
+
+
 def evaluate_study(study: Study, registration: Registration, segmenter: Segmenter, source: str = "first",
                    prompt: str = "mask", boost: bool = False, chain: bool = False, radius_mm: float = 10.0,
                    progress: Callable[[str, int, int], None] | None = None) -> StudyEvaluation:
-    """Prompt every lesion of the source scan's label, track it to every other scan and score each pair."""
+    """Prompt every lesion of the source scan's label, track it to every other scan and score each pair.
+
+    The tracker sees :func:`unlabelled` ``study``; labels serve only to build the source prompt and to score."""
     if prompt not in PROMPTS:
         raise InputError(f"unknown prompt kind {prompt!r}; choose one of: {', '.join(PROMPTS)}")
     check_labelled(study)
@@ -115,7 +115,8 @@ def evaluate_study(study: Study, registration: Registration, segmenter: Segmente
     if not ids:
         raise InputError(f"{study.source_path or study.patient_id}: the label of source scan '{src.scan_id}' "
                          "holds no lesion")
-    tracker = Tracker(study, registration, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
+    blind = unlabelled(study)
+    tracker = Tracker(blind, registration, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
     lesions, observations, propagated, seconds = [], {}, {}, 0.0
     try:
         for lid in ids:
@@ -133,20 +134,22 @@ def evaluate_study(study: Study, registration: Registration, segmenter: Segmente
         for scan in study:  # backends cache per scan id, and ids (t0, t1, ...) repeat across studies
             registration.forget(scan.scan_id)
             segmenter.forget(scan.scan_id)
-    result = TrackingResult(study, lesions, observations,
+    result = TrackingResult(blind, lesions, observations,
                             stats={"registration": registration.name, "segmentation": segmenter.name,
                                    "registration_calls": tracker.cache.computed,
                                    "seconds": {"registration": round(tracker.cache.seconds, 3),
                                                "segmentation": round(tracker.segmentation_seconds, 3),
                                                "total": round(seconds, 3)}})
-    rows = score_pairs(result, src.scan_id, propagated, prompt)
+    rows = score_pairs(result, study, src.scan_id, propagated, prompt)
     return StudyEvaluation(result, rows, propagated, src.scan_id)
 
 
-def score_pairs(result: TrackingResult, source_id: str, propagated: dict[int, dict[str, np.ndarray]],
+def score_pairs(result: TrackingResult, study: Study, source_id: str, propagated: dict[int, dict[str, np.ndarray]],
                 prompt: str) -> list[dict]:
-    """One row (:data:`PAIR_COLUMNS`) per lesion x target scan of a tracking result on a labelled study."""
-    study = result.study
+    """One row (:data:`PAIR_COLUMNS`) per lesion x target scan of ``result`` scored against labelled ``study``.
+
+    ``dice`` is defined only where the lesion is present; a mask predicted where it is absent is an
+    ``outcome`` of ``false_positive`` (with its ``predicted_volume_ml``), never a Dice of 0."""
     src = study.scan(source_id)
     rows = []
     for scan in study:
@@ -170,7 +173,7 @@ def score_pairs(result: TrackingResult, source_id: str, propagated: dict[int, di
                 "target_scan": scan.scan_id, "source_date": src.date.date().isoformat(),
                 "target_date": scan.date.date().isoformat(), "weeks": weeks, "weeks_elapsed": abs(weeks),
                 "prompt": prompt, "status": obs.status, "truth": "present" if present else "absent",
-                "outcome": outcome, "dice": dice(predicted, truth), "ed_mm": centre_distance_mm(predicted, truth, scan),
+                "outcome": outcome, "dice": dice(predicted, truth) if present else None, "ed_mm": centre_distance_mm(predicted, truth, scan),
                 "propagation_error_mm": error, "point_in_lesion": inside,
                 "predicted_volume_ml": float(predicted.sum()) * scan.voxel_volume_mm3 / 1000.0,
                 "true_volume_ml": float(truth.sum()) * scan.voxel_volume_mm3 / 1000.0,
@@ -201,6 +204,7 @@ def summarise(rows: list[dict]) -> dict:
     Undefined figures are None."""
     scored = [r for r in rows if r["dice"] is not None]
     present = [r for r in rows if r["truth"] == "present"]
+    absent = [r for r in rows if r["truth"] == "absent"]
     inside = [r["point_in_lesion"] for r in present if r["point_in_lesion"] is not None]
     return {
         "median_dice": _median(r["dice"] for r in scored),
@@ -212,6 +216,10 @@ def summarise(rows: list[dict]) -> dict:
         "point_in_lesion_fraction": (sum(inside) / len(inside)) if inside else None,
         "n_correct_empty": sum(r["outcome"] == "correct_empty" for r in rows),
         "n_false_positive": sum(r["outcome"] == "false_positive" for r in rows),
+        "false_positive_fraction": (sum(r["outcome"] == "false_positive" for r in absent) / len(absent)
+                                    if absent else None),
+        "false_positive_volume_ml": _median(r["predicted_volume_ml"] for r in absent
+                                            if r["outcome"] == "false_positive"),
         "dice_slope_per_week": dice_slope(rows),
     }
 
@@ -238,20 +246,22 @@ def summary_markdown(summary: dict) -> str:
         f"Method: **{method}**{' (' + ', '.join(options) + ')' if options else ''}; "
         f"prompt: {cfg.get('prompt', '?')} on the {cfg.get('source', '?')} scan; "
         f"{len(summary['per_study'])} stud{'y' if len(summary['per_study']) == 1 else 'ies'}.", "",
-        "Dice: median over (lesion, target scan) pairs (0 when the lesion was missed). ED: median distance "
+        "Dice: median over (lesion, target scan) pairs with the lesion present (0 when missed). ED: median distance "
         "between predicted and true centres of mass (mm); *ED undef.*: share of pairs with the lesion present "
         "where nothing was found. Prop. error: distance from the propagated point to the true lesion's interior "
         "centre (mm); *in lesion*: share of propagated points that fell inside the true lesion. "
-        "Correctly empty results on scans without the lesion are counted apart.", "",
+        "Pairs and Dice count only scans where the lesion is present. On scans without it, a predicted mask is "
+        "a *false positive* (median volume in mL), apart from Dice; an empty result is *correct empty*.", "",
         "| Study | Pairs | Dice | ED (mm) | ED undef. | Prop. error (mm) | In lesion | Correct empty | "
-        "Dice slope (/week) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "False pos. | FP vol. (mL) | Dice slope (/week) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(name: str, s: dict) -> str:
         return (f"| {name} | {s['n_pairs']} | {_fmt(s['median_dice'], '.3f')} | {_fmt(s['median_ed_mm'], '.2f')} | "
                 f"{_fmt(s['ed_undefined_fraction'], '.1f', 100)}% | {_fmt(s['median_propagation_error_mm'], '.2f')} | "
                 f"{_fmt(s['point_in_lesion_fraction'], '.1f', 100)}% | {s['n_correct_empty']} | "
+                f"{s['n_false_positive']} | {_fmt(s['false_positive_volume_ml'], '.2f')} | "
                 f"{_fmt(s['dice_slope_per_week'], '+.4f')} |")
 
     lines += [row(pid, s) for pid, s in summary["per_study"].items()]

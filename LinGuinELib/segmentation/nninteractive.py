@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from LinGuinELib.backends.device import free_memory, import_torch_package, resolve_device, shared_worker
+from LinGuinELib.core import coords
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.backends.models import default_manager
 from LinGuinELib.core.study import Scan
@@ -153,7 +154,7 @@ class NNInteractiveSegmenter(Segmenter):
         shape = np.asarray(scan.shape)
         for point, _ in clicks:
             if len(point) != 3 or np.any(np.asarray(point) < 0) or np.any(np.asarray(point) >= shape):
-                raise InputError(f"scan '{scan.scan_id}': point (k, j, i) {tuple(point)} lies outside the image "
+                raise InputError(f"scan '{scan.scan_id}': point (k, j, i) {coords.fmt_point(point)} lies outside the image "
                                  f"of shape {scan.shape}")
         self._load()
         entry = self._entry(scan)
