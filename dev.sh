@@ -29,6 +29,6 @@ ensure_checkers() {  # dciodvfy (Debian dicom3tools) for DICOM conformance tests
 cmd="${1:-}"; shift || true
 case "$cmd" in
     demo) ensure_env ""; exec "$VENV/bin/linguine" demo "$@" ;;
-    test) ensure_env "[test,gpu,serve,batch]"; ensure_checkers; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) ensure_env "[test,gpu,serve,batch]"; ensure_checkers; PYTHONUTF8=1 exec "$VENV/bin/python" -m pytest "$@" ;;
     *) echo "usage: ./dev.sh demo [--out DIR] | ./dev.sh test [pytest args]" >&2; exit 2 ;;
 esac

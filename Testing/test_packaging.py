@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_engine_package_is_listed_in_pyproject():
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "LinGuinELib").rglob("__init__.py")}
     assert on_disk <= set(config["packages"])
     assert config["package-dir"]["LinGuinELib.Resources"] == "Resources"
@@ -17,7 +17,7 @@ def test_every_engine_package_is_listed_in_pyproject():
 
 def test_engine_never_imports_slicer_qt_ctk_or_vtk():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|PythonQt|mrml)\b", re.M)
-    offenders = [str(p.relative_to(REPO)) for p in (REPO / "LinGuinELib").rglob("*.py") if pattern.search(p.read_text())]
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "LinGuinELib").rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
@@ -26,5 +26,5 @@ def test_engine_core_imports_nothing_from_io_front_ends_or_research():
     allowed = re.compile(r"^LinGuinELib(\.core(\.\w+)?|\.registration\.base|\.segmentation\.base)?$")
     pattern = re.compile(r"^\s*(?:from|import)\s+(LinGuinELib[\w.]*)", re.M)
     offenders = [(p.name, m) for p in (REPO / "LinGuinELib" / "core").glob("*.py")
-                 for m in pattern.findall(p.read_text()) if not allowed.match(m)]
+                 for m in pattern.findall(p.read_text(encoding="utf-8")) if not allowed.match(m)]
     assert offenders == []
