@@ -80,6 +80,12 @@ def _file(d, name="taken.txt"):
     return path
 
 
+def _cohort(d):
+    path = d / "cohort.csv"
+    path.write_text("study,source,point\nstudy/study.csv,t0,1 2 3\n")
+    return path
+
+
 # For every sub-command in cli.COMMANDS: (arguments built from the work folder d, text the message must hold).
 BROKEN = {
     "track": [
@@ -107,6 +113,15 @@ BROKEN = {
         (lambda d: [str(d / "study"), str(d / "no-track"), "--out", str(d / "o")], "no-track"),
         (lambda d: [str(d / "study"), str(d / "study"), "--out", str(_file(d))], "taken.txt"),
     ],
+    "batch": [
+        (lambda d: [str(d / "nope.csv"), "--out", str(d / "o")], "nope.csv"),
+        (lambda d: [str(_cohort(d)), "--out", str(_file(d))], "taken.txt"),
+    ],
+    "serve": [
+        (lambda d: ["--host", "0.0.0.0", "--port", "0"], "0.0.0.0"),
+        (lambda d: ["--port", "0", "--tls-cert", str(d / "missing.pem"), "--tls-key", str(d / "missing.key")],
+         "missing.pem"),
+    ],
     "synth": [
         (lambda d: [str(cut(d / "study" / "t0.nii.gz", 3000)), str(d / "study" / "t0_label.nii.gz"),
                     "--out", str(d / "o")], "t0.nii.gz"),
@@ -125,6 +140,7 @@ def test_every_command_has_broken_inputs_in_the_table():
 def test_broken_input_exits_2_naming_the_culprit_and_writes_nothing(command, case, tmp_path, study_csv, capsys,
                                                                     monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LINGUINE_TOKEN", raising=False)  # serve must refuse 0.0.0.0 for want of a token
     (tmp_path / "empty").mkdir()
     build, culprit = BROKEN[command][case]
     argv = build(tmp_path)

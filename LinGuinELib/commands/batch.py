@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from LinGuinELib.batch import runner
+from LinGuinELib.commands import out_folder
 from LinGuinELib.frontend.settings import add_arguments as settings_arguments
 
 NAME = "batch"
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cohort", metavar="COHORT.csv",
                         help="one row per lesion prompt: study, source, mask or point (x y z, LPS mm), "
                              "optional lesion_id and name; paths relative to the csv")
-    parser.add_argument("--out", required=True, help="output folder: one sub-folder per study plus batch_summary.csv/.json")
+    parser.add_argument("--out", type=out_folder, required=True, help="output folder: one sub-folder per study plus batch_summary.csv/.json")
     parser.add_argument("--dicom-seg", action="store_true", help="also write one DICOM-SEG per timepoint (DICOM studies)")
     parser.add_argument("--retries", type=int, default=1, help="retries of a failed study (default 1)")
     runner.add_arguments(parser)
