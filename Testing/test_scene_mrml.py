@@ -52,7 +52,12 @@ class FakeClient:
     def health(self):
         return {"version": "test"}
 
-    def open_study(self, study):
+    def upload_scan(self, scan):
+        self.calls.append(("upload", scan.scan_id))
+        return f"hash-{scan.scan_id}"
+
+    def open_study(self, study, hashes=None):
+        assert hashes == {s.scan_id: f"hash-{s.scan_id}" for s in study}  # every scan sent, one per tick
         sid = f"session{len(self.studies) + 1}"
         self.studies[sid] = study
         self.calls.append(("open_study", study.scan_ids))
@@ -553,3 +558,21 @@ def test_a_point_tracked_through_a_real_local_service_lands_on_every_timepoint(s
         scene.jobs.reset()
         connection.shutdown()
     assert not connection.service.alive()  # the module's cleanup stops the local service
+
+
+def test_the_study_is_sent_to_the_engine_one_scan_per_timer_tick(scene):
+    """No GUI tick waits for a whole study: each uploads at most one scan, then the job is submitted."""
+    scene.tps.refresh()
+    session = scene.tps.ensure_session()
+    markups = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "p")
+    markups.AddControlPointWorld(*world_centre_ras(scene.volumes[0], CENTRES_KJI[0]))
+    scene.jobs.track([scene.prompts.from_point(session, session.next_lesion(), scene.volumes[0].GetID(), markups)],
+                     settings())
+    calls = scene.connection.client.calls
+    per_tick = []
+    while scene.jobs.tick():
+        per_tick.append(sum(1 for c in calls if c[0] == "upload"))
+    uploads = [c[1] for c in calls if c[0] == "upload"]
+    assert uploads == session.study.scan_ids
+    assert all(b - a <= 1 for a, b in zip([0] + per_tick, per_tick))
+    assert scene.jobs.outcome.ok and calls.index(("open_study", session.study.scan_ids)) > calls.index(("upload", uploads[-1]))

@@ -51,6 +51,7 @@ class EngineJobs:
         self.progress = ("", 0.0)  # (text, fraction 0..1) of the running job
         self.outcome: JobOutcome | None = None
         self._remote = None  # (local TrackingSession, service session id)
+        self._uploads = None  # (local TrackingSession, {scan_id: hash}) while its scans are being uploaded
         self._cancelling = False
 
     @property
@@ -130,7 +131,10 @@ class EngineJobs:
                 if state != "ready":
                     self.progress = ("starting the engine service...", 0.0)
                     return True
-                job.job_id = self.connection.follow(job.submit(self.connection.client, self._session_id()))
+                sid = self._upload_step()
+                if sid is None:
+                    return True  # one scan uploaded this tick; the GUI never waits for a whole study
+                job.job_id = self.connection.follow(job.submit(self.connection.client, sid))
                 self.progress = ("submitted", 0.0)
                 return True
             status = self.connection.tick().get(job.job_id)
@@ -163,13 +167,22 @@ class EngineJobs:
         self.progress = (outcome.message, 1.0 if outcome.ok else 0.0)
         return False
 
-    def _session_id(self) -> str:
-        """The service session of the current tracking session (the study uploaded once per session)."""
+    def _upload_step(self) -> str | None:
+        """The service session of the current tracking session, or None after uploading one more of its scans
+        (one scan per timer tick: 512x512x60 takes about 0.3 s over loopback)."""
         session = self.timepoints.session
         if self._remote is not None and self._remote[0] is session:
             return self._remote[1]
-        self.close_remote()
-        self._remote = (session, self.connection.client.open_study(session.study))
+        if self._uploads is None or self._uploads[0] is not session:
+            self.close_remote()
+            self._uploads = (session, {})
+        hashes, client, scans = self._uploads[1], self.connection.client, session.study.scans
+        for scan in scans:
+            if scan.scan_id not in hashes:
+                hashes[scan.scan_id] = client.upload_scan(scan)
+                self.progress = (f"sending {scan.scan_id} to the engine ({len(hashes)}/{len(scans)})", 0.0)
+                return None
+        self._remote, self._uploads = (session, client.open_study(session.study, hashes)), None
         return self._remote[1]
 
     # -- cancel and shutdown ----------------------------------------------------------------------
@@ -195,5 +208,5 @@ class EngineJobs:
     def reset(self) -> None:
         """Forget the running job (its result is dropped) and the service session."""
         self.cancel()
-        self.job = None
+        self.job, self._uploads = None, None
         self.close_remote()

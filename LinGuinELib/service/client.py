@@ -169,25 +169,32 @@ class EngineClient:
     def _limits(self) -> dict:
         return self._server or self.health()
 
-    def open_study(self, study: Study) -> str:
-        """Open a study session (uploading only the scans the server lacks) -> session id."""
+    def upload_scan(self, scan) -> str:
+        """Upload one scan unless the server already has it (one HEAD, then a PUT if needed) -> its content hash.
+        Front ends that must not block (Slicer) upload one scan per timer tick, then call :meth:`open_study`."""
+        digest = protocol.scan_hash(scan.array, scan.origin, scan.spacing, scan.direction)
+        try:
+            self._request("HEAD", f"/v1/scans/{digest}")
+            return digest
+        except RequestRefused as exc:
+            if exc.status != 404:
+                raise
         limit = self._limits()["max_upload_bytes"]
-        items = []
-        for scan in study:
-            digest = protocol.scan_hash(scan.array, scan.origin, scan.spacing, scan.direction)
-            try:
-                self._request("HEAD", f"/v1/scans/{digest}")
-            except RequestRefused as exc:
-                if exc.status != 404:
-                    raise
-                _, data = protocol.pack_scan(scan, self.compress)
-                if len(data) > limit:
-                    raise RequestRefused(f"scan '{scan.scan_id}' is {len(data) / 2**20:.0f} MB compressed; the engine "
-                                         f"service at {self.url} accepts at most {limit / 2**20:.0f} MB per upload "
-                                         "(--max-upload-mb)", 413)
-                self._request("PUT", f"/v1/scans/{digest}", data, protocol.PACK_CONTENT_TYPE,
-                              timeout_s=max(self.timeout_s, 120.0))
-            items.append({"scan_id": scan.scan_id, "date": scan.date.isoformat(), "hash": digest})
+        _, data = protocol.pack_scan(scan, self.compress)
+        if len(data) > limit:
+            raise RequestRefused(f"scan '{scan.scan_id}' is {len(data) / 2**20:.0f} MB compressed; the engine "
+                                 f"service at {self.url} accepts at most {limit / 2**20:.0f} MB per upload "
+                                 "(--max-upload-mb)", 413)
+        self._request("PUT", f"/v1/scans/{digest}", data, protocol.PACK_CONTENT_TYPE,
+                      timeout_s=max(self.timeout_s, 120.0))
+        return digest
+
+    def open_study(self, study: Study, hashes: dict[str, str] | None = None) -> str:
+        """Open a study session -> session id. Scans the server lacks are uploaded first, except those whose
+        hash ``hashes`` ({scan_id: hash from :meth:`upload_scan`}) already gives."""
+        hashes = hashes or {}
+        items = [{"scan_id": scan.scan_id, "date": scan.date.isoformat(),
+                  "hash": hashes.get(scan.scan_id) or self.upload_scan(scan)} for scan in study]
         sid = self._json("POST", "/v1/sessions", {"patient_id": study.patient_id, "scans": items})["session_id"]
         self._studies[sid] = study
         return sid
