@@ -1,0 +1,111 @@
+"""Low-contrast lesions inserted into the real soft tissue of the chest CTs: the ``classic`` segmenter
+finds them, says when it is unsure, and finds nothing where a lesion has disappeared."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from LinGuinELib.backends import make_registration
+from LinGuinELib.core.lesion import Lesion
+from LinGuinELib.core.measure import measurement_rows
+from LinGuinELib.core.study import Scan, load_study_csv, read_image
+from LinGuinELib.core.tracking import NOT_FOUND, LesionPrompt, Tracker
+from LinGuinELib.research.lesion_insertion import LesionShape, insert_lesion, make_inserted_study, \
+    resample, soft_tissue_sites
+from LinGuinELib.segmentation.classic import ClassicSegmenter
+
+
+def dice(a, b) -> float:
+    return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def centre(mask, sp):
+    depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    return np.asarray(np.unravel_index(np.argmax(depth), mask.shape))
+
+
+@pytest.fixture(scope="module")
+def lung2(ct_dir):
+    return Scan.from_sitk(read_image(ct_dir / "lung2_image.nrrd"), "lung2", dt.datetime(2020, 1, 1),
+                          read_image(ct_dir / "lung2_label.nrrd"))
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return ClassicSegmenter()
+
+
+def test_insertion_keeps_tissue_noise_and_records_truth(lung2):
+    site = soft_tissue_sites(lung2, 8.0, 1, np.random.default_rng(0), exclude=lung2.label > 0)[0]
+    made, truth = insert_lesion(lung2, site, LesionShape(16.0, -40.0, "blob", 1))
+    volume = truth.sum() * lung2.voxel_volume_mm3
+    assert 0.6 < volume / (np.pi / 6 * 16.0 ** 3) < 1.6
+    inside = made.array[truth].astype(float)
+    ring = ndi.binary_dilation(truth, iterations=4) & ~ndi.binary_dilation(truth, iterations=2)
+    assert np.median(made.array[ring]) - np.median(inside) == pytest.approx(40.0, abs=12.0)
+    assert inside.std() > 3.0  # the scan's own noise, not a flat fill
+    assert np.array_equal(made.array[~ndi.binary_dilation(truth, iterations=8)],
+                          lung2.array[~ndi.binary_dilation(truth, iterations=8)])
+    gone, empty = insert_lesion(lung2, site, LesionShape(16.0, -40.0, "blob", 1), scale=0.0)
+    assert not empty.any() and np.array_equal(gone.array, lung2.array)
+
+
+@pytest.mark.parametrize("kind", ["ellipsoid", "blob"])
+def test_low_contrast_lesions_found_at_every_size_and_after_shrinking(lung2, seg, kind):
+    """Small, medium and large lesions 25-50 HU from the tissue, and each shrunk to 0.5 x."""
+    rng = np.random.default_rng(3)
+    dices = []
+    for n, (diameter, contrast) in enumerate(((10.0, 35.0), (18.0, -30.0), (36.0, 45.0))):
+        shape = LesionShape(diameter, contrast, kind, seed=n)
+        site = soft_tissue_sites(lung2, diameter / 2, 1, rng, exclude=lung2.label > 0)[0]
+        for scale in (1.0, 0.5):
+            made, truth = insert_lesion(lung2, site, shape, scale)
+            mask = seg.segment(made, centre(truth, lung2.spacing_kji)[None])
+            dices.append(dice(mask, truth))
+    assert min(dices) > 0.3, dices  # every one found (not an empty mask, not a leak)
+    assert np.median(dices) >= 0.75, dices
+
+
+def test_thin_slices_and_coarser_pixels(lung2, seg):
+    """Resampled to 0.8 x 0.8 x 2 mm (a crop, for speed): a 14 mm lesion is still found."""
+    site = soft_tissue_sites(lung2, 7.0, 1, np.random.default_rng(5), exclude=lung2.label > 0)[0]
+    k = slice(max(int(site[0]) - 6, 0), int(site[0]) + 7)
+    crop = Scan("crop", lung2.array[k], lung2.kji_to_lps(np.array([[k.start, 0, 0]]))[0], lung2.spacing,
+                lung2.direction, lung2.date)
+    fine = resample(crop, (0.8, 0.8, 2.0))
+    where = np.rint(fine.lps_to_kji(crop.kji_to_lps(np.array([[site[0] - k.start, site[1], site[2]]])))[0])
+    made, truth = insert_lesion(fine, where.astype(int), LesionShape(14.0, -35.0, "ellipsoid", 2))
+    assert dice(seg.segment(made, centre(truth, fine.spacing_kji)[None]), truth) >= 0.75
+
+
+def test_faint_lesion_is_returned_as_uncertain_and_clear_one_as_sure(lung2, seg):
+    site = soft_tissue_sites(lung2, 10.0, 1, np.random.default_rng(7), exclude=lung2.label > 0)[0]
+    faint, truth = insert_lesion(lung2, site, LesionShape(20.0, 14.0, "ellipsoid", 4))
+    mask, confidence = seg.segment_with_confidence(faint, centre(truth, lung2.spacing_kji)[None])
+    assert mask.any() and confidence == "low"
+    clear, truth = insert_lesion(lung2, site, LesionShape(20.0, 60.0, "ellipsoid", 4))
+    mask, confidence = seg.segment_with_confidence(clear, centre(truth, lung2.spacing_kji)[None])
+    assert dice(mask, truth) >= 0.75 and confidence == "high"
+
+
+def test_disappeared_lesion_is_not_found_and_confidence_reaches_the_rows(lung2, seg, tmp_path):
+    """A study of one inserted lesion that shrinks then disappears: found, found, not_found."""
+    site = soft_tissue_sites(lung2, 9.0, 1, np.random.default_rng(11), exclude=lung2.label > 0)[0]
+    k = slice(max(int(site[0]) - 8, 0), int(site[0]) + 9)
+    crop = Scan("crop", lung2.array[k], lung2.kji_to_lps(np.array([[k.start, 0, 0]]))[0], lung2.spacing,
+                lung2.direction, lung2.date)
+    csv = make_inserted_study(crop, tmp_path / "study", LesionShape(18.0, -40.0, "blob", 5),
+                              (site[0] - k.start, site[1], site[2]), scales=(1.0, 0.5, 0.0))
+    study = load_study_csv(csv)
+    result = Tracker(study, make_registration("identity"), seg).track(
+        [LesionPrompt(Lesion(1), "t0", mask=study.scans[0].label > 0)])
+    obs = result.observations[1]
+    assert obs["t1"].found and dice(obs["t1"].mask, study.scans[1].label > 0) >= 0.7
+    assert obs["t2"].status == NOT_FOUND and obs["t2"].confidence == ""
+    rows = {r["scan_id"]: r for r in measurement_rows(result)}
+    assert rows["t1"]["confidence"] in ("high", "low") and rows["t2"]["confidence"] == ""
+    assert result.summary()["confidence"]["1"]["t1"] == obs["t1"].confidence
