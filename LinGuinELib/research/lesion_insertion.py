@@ -91,7 +91,7 @@ def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Gener
     sp = scan.spacing_kji
     step = np.maximum(np.round(1.5 / sp).astype(int), 1)
     coarse = scan.array[::step[0], ::step[1], ::step[2]].astype(np.float32)
-    tissue = ndi.median_filter(coarse, size=3)
+    tissue = ndi.median_filter(coarse, size=(1, 3, 3))
     tissue = (tissue >= SOFT_TISSUE_HU[0]) & (tissue <= SOFT_TISSUE_HU[1])
     csp = sp * step
     depth = ndi.distance_transform_edt(tissue, sampling=csp)

@@ -76,9 +76,15 @@ class ClassicSegmenter(Segmenter):
         seed = _relocate(crop, point - lo, sp)
         if seed is None:
             return None
-        if not _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)[2]:
+        lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)[2]
+        found = self._lung(scan, crop, lo, seed, negs) if lung else None
+        if found is None:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
             found = _stable_region(crop, seed, negs, sp, self.max_radius_mm)
-            return None if found is None else (_sl(lo, hi), found[0], found[1])
+        return None if found is None else (_sl(lo, hi), found[0], found[1])
+
+    def _lung(self, scan, crop, lo, seed, negs):
+        """(mask on ``crop``, HIGH) by steps 3-6 of the module docstring, or None."""
+        sp = scan.spacing_kji
         grown = self._grow(scan, crop, lo, seed, negs)
         if grown is None:
             return None
@@ -100,7 +106,7 @@ class ClassicSegmenter(Segmenter):
         # seed (within 2 mm: a rim seed may sit just outside); none: nothing lesion-like is there.
         near_seed = _dist_from(seed0, crop.shape, sp) <= 2.0
         seen = [region for region, edge in passes if edge >= self.min_edge_fraction and (region & near_seed).any()]
-        return (_sl(lo, hi), seen[-1], HIGH) if seen else None
+        return (seen[-1], HIGH) if seen else None
 
     def _grow(self, scan, crop, crop_lo, seed, negs):
         """(mask on ``crop``, edge fraction) for the lesion around ``seed``, away from negative voxels
