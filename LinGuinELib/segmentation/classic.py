@@ -19,6 +19,10 @@ segmented on its own and the results are united:
 6. Steps 3-5 run again from the result's interior centre (twice at most), so the result barely
    depends on where in the lesion the point fell; the last result that passes step 5's test and
    still reaches the seed is returned.
+7. Steps 3-6 are the lung path (the surroundings the rays meet include air). Elsewhere, and where the
+   lung path finds nothing (a low-contrast lesion beside lung), a maximally stable region around the
+   seed, cut at half its contrast, is returned (:func:`_stable_region`) with a confidence: "low" when
+   it barely stands out of the noise. Nothing stable and bounded: empty mask (e.g. a lesion gone).
 """
 
 from __future__ import annotations
