@@ -81,9 +81,13 @@ class ClassicSegmenter(Segmenter):
         if seed is None:
             return None
         lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)[2]
-        found = self._lung(scan, crop, lo, seed, negs) if lung else None
-        if found is None:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
-            found = _stable_region(crop, seed, negs, sp, self.max_radius_mm)
+        found = self._lung(scan, crop, lo, seed, negs)
+        if found is None or not lung:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
+            stable = _stable_region(crop, seed, negs, sp, self.max_radius_mm)
+            if stable is None and not lung:
+                found = None  # without air around, nothing stable stands out: no lesion (e.g. it disappeared)
+            elif stable is not None and (found is None or stable[1] == HIGH):
+                found = stable  # without air around, a sure stable region wins over the ray window
         return None if found is None else (_sl(lo, hi), found[0], found[1])
 
     def _lung(self, scan, crop, lo, seed, negs):
