@@ -7,6 +7,7 @@ shifted by 3 and 6 mm in random 3-D directions. Prints Dice, seconds per call an
 lies in the lesion, medians per lesion and overall, and peak RSS.
 
     .venv/bin/python scripts/bench_segmentation.py [--backend classic] [--ct-dir ../shared/data/ct]
+    .venv/bin/python scripts/bench_segmentation.py --inserted 6   # low-contrast soft-tissue lesions
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from LinGuinELib.backends import make_segmenter  # noqa: E402
 from LinGuinELib.core.study import Scan, read_image  # noqa: E402
 from LinGuinELib.io.load import load_study
+from LinGuinELib.research.lesion_insertion import (LesionShape, insert_lesion, lesion_shapes, resample,  # noqa: E402
+                                                   size_class, soft_tissue_sites)
 from LinGuinELib.research.synthetic import make_study  # noqa: E402
 
 
@@ -101,6 +104,67 @@ def lesions(args, tmp: Path):
                                              spacing=scan.spacing, direction=scan.direction, date=scan.date), ref
 
 
+def inserted_lesions(args, rng):
+    """(class name, scan, truth mask) per low-contrast lesion inserted into each CT's soft tissue
+    (LinGuinELib.research.lesion_insertion), at each scale (0 = disappeared: empty truth) and slice
+    spacing; each scan is a k-crop of +-(radius + 20) mm around the lesion, resampled."""
+    ct = Path(args.ct_dir)
+    for case in args.cases:
+        scan = Scan.from_sitk(read_image(ct / f"{case}_image.nrrd"), case, dt.datetime(2020, 1, 1),
+                              read_image(ct / f"{case}_label.nrrd"))
+        shapes = lesion_shapes(rng, args.inserted)
+        sites = soft_tissue_sites(scan, 0.5 * max(s.diameter_mm for s in shapes), len(shapes), rng,
+                                  exclude=scan.label > 0)
+        for shape, site in zip(shapes, sites):
+            half = int(np.ceil((0.8 * shape.diameter_mm + 20.0) / scan.spacing_kji[0]))
+            k0 = max(int(site[0]) - half, 0)
+            sub = Scan(f"{case}-crop", scan.array[k0:int(site[0]) + half + 1],
+                       scan.kji_to_lps(np.array([[k0, 0, 0]]))[0], scan.spacing, scan.direction, scan.date)
+            site_lps = sub.kji_to_lps(np.array([[site[0] - k0, site[1], site[2]]]))
+            for slice_mm in args.slices:
+                grid = sub if slice_mm == scan.spacing[2] else resample(
+                    sub, (args.in_plane, args.in_plane, slice_mm))
+                where = np.rint(grid.lps_to_kji(site_lps)[0]).astype(int)
+                for scale in args.inserted_scales:
+                    made, truth = insert_lesion(grid, where, shape, scale)
+                    name = ("gone" if scale == 0 else size_class(shape.diameter_mm * scale)) + f"-{shape.kind}"
+                    yield (f"{name} {slice_mm:g}mm", made, truth, where,
+                           f"{case} d={shape.diameter_mm * scale:.1f}mm {shape.contrast_hu:+.0f}HU")
+
+
+def run_inserted(args, segmenter, rng) -> int:
+    """Found rate, Dice and seconds per call per low-contrast lesion class (seeds inside the lesion:
+    its interior centre and 3 mm shifts that stay inside); not-found rate where the lesion is gone."""
+    rows = []
+    print(f"{'class':<24} {'lesion':<30} {'shift':>5} {'dice':>6} {'conf':>5} {'s':>5}")
+    for name, scan, truth, site, what in inserted_lesions(args, rng):
+        if not truth.any():
+            t0 = time.perf_counter()
+            mask, conf = segmenter.segment_with_confidence(scan, np.array([site]))
+            rows.append((name, not mask.any(), 0.0, time.perf_counter() - t0, conf))
+            print(f"{name:<24} {what:<30} {0:5.1f} {'empty' if not mask.any() else 'FOUND':>6} {conf:>5}", flush=True)
+            continue
+        centre = interior_centre(truth, scan.spacing_kji)
+        for shift, seed in shifted_seeds(centre, scan.spacing_kji, scan.shape, [3.0], args.n_dirs, rng):
+            if not truth[seed]:
+                continue
+            t0 = time.perf_counter()
+            mask, conf = segmenter.segment_with_confidence(scan, np.array([seed]))
+            seconds = time.perf_counter() - t0
+            d = dice(mask, truth)
+            rows.append((name, bool((mask & truth).any()), d, seconds, conf))
+            print(f"{name:<24} {what:<30} {shift:5.1f} {d:6.3f} {conf:>5} {seconds:5.2f}", flush=True)
+    print(f"\n{'class':<24} {'calls':>5} {'found':>6} {'Dice':>6} {'low conf':>8} {'s/call':>6}   (gone: found = empty mask)")
+    for name in sorted({r[0] for r in rows}) + ["ALL lesions"]:
+        sel = [r for r in rows if r[0] == name or (name == "ALL lesions" and not r[0].startswith("gone"))]
+        dices = [r[2] for r in sel]
+        print(f"{name:<24} {len(sel):5d} {100 * np.mean([r[1] for r in sel]):5.0f}% "
+              f"{'-' if name.startswith('gone') else format(np.median(dices), '.3f'):>6} "
+              f"{100 * np.mean([r[4] == 'low' for r in sel]):7.0f}% {np.median([r[3] for r in sel]):6.2f}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="classic")
@@ -113,10 +177,19 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", choices=["easy", "medium", "hard"],
                         help="instead of scaling, use the follow-ups of LinGuinELib.research.synthetic studies (moved, "
                              "deformed, grown/shrunk, noisy) at this difficulty")
+    parser.add_argument("--inserted", type=int, default=0, metavar="N",
+                        help="instead, N low-contrast lesions (10-50 mm, +-20-60 HU) inserted into each CT's soft "
+                             "tissue, at each --inserted-scales and --slices")
+    parser.add_argument("--inserted-scales", nargs="+", type=float, default=[1.0, 0.5, 0.0])
+    parser.add_argument("--slices", nargs="+", type=float, default=[5.0, 2.5, 1.0],
+                        help="slice spacings (mm) of the inserted lesions' scans (5 = as scanned)")
+    parser.add_argument("--in-plane", type=float, default=0.7, help="pixel size (mm) of resampled scans")
     args = parser.parse_args(argv)
 
     segmenter = make_segmenter(args.backend)
     rng = np.random.default_rng(args.seed)
+    if args.inserted:
+        return run_inserted(args, segmenter, rng)
     rows = []
     print(f"{'lesion':<14} {'shift':>5} {'seed (k,j,i)':>16} {'in':>3} {'dice':>6} {'vol/ref':>7} {'s':>5}")
     with tempfile.TemporaryDirectory() as tmp:

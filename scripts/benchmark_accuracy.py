@@ -8,6 +8,7 @@ other scan; the script prints median Dice, median centre distance (ED, mm) and m
 
     .venv/bin/python scripts/benchmark_accuracy.py                 # sitk + classic, 2 seeds x 3 levels
     .venv/bin/python scripts/benchmark_accuracy.py --seeds 0 --levels medium --scans 3   # quicker
+    .venv/bin/python scripts/benchmark_accuracy.py --inserted 4 --registration identity  # low-contrast lesions
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ sys.path.insert(0, str(REPO))
 from LinGuinELib.backends import make_registration, make_segmenter  # noqa: E402
 from LinGuinELib.research.evaluation import evaluate_study, summarise, write_evaluation  # noqa: E402
 from LinGuinELib.core.study import load_study_csv  # noqa: E402
+from LinGuinELib.research.lesion_insertion import lesion_shapes, make_inserted_study, soft_tissue_sites  # noqa: E402
 from LinGuinELib.research.synthetic import LEVELS, make_benchmark_studies  # noqa: E402
+from LinGuinELib.core.study import Scan, read_image  # noqa: E402
 
 
 def _f(value, spec=".3f"):
@@ -44,6 +47,25 @@ def print_table(title: str, groups: dict[str, list[dict]]) -> None:
               f"{_f(s['dice_slope_per_week'], '+.4f'):>8}")
 
 
+def inserted_studies(ct_dir, out_dir, n: int, seed: int) -> list[Path]:
+    """``n`` shrinking inserted-lesion studies per CT (LinGuinELib.research.lesion_insertion), cached."""
+    import datetime as dt
+    import numpy as np
+    rng, out = np.random.default_rng(seed), []
+    for image in sorted(Path(ct_dir).glob("*_image.nrrd")):
+        name = image.name[: -len("_image.nrrd")]
+        scan = Scan.from_sitk(read_image(image), name, dt.datetime(2020, 1, 1),
+                              read_image(image.with_name(f"{name}_label.nrrd")))
+        shapes = lesion_shapes(rng, n)
+        sites = soft_tissue_sites(scan, 0.5 * max(s.diameter_mm for s in shapes), n, rng, exclude=scan.label > 0)
+        for m, (shape, site) in enumerate(zip(shapes, sites)):
+            target = Path(out_dir) / f"{name}-inserted{m}-s{seed}"
+            if not (target / "study.csv").is_file():
+                make_inserted_study(scan, target, shape, site, scales=(1.0, 0.75, 0.5), patient_id=target.name)
+            out.append(target / "study.csv")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ct-dir", default=os.environ.get("LINGUINE_CT_DIR", str(REPO.parent / "shared" / "data" / "ct")))
@@ -56,13 +78,18 @@ def main(argv=None) -> int:
     p.add_argument("--registration", default="sitk")
     p.add_argument("--segmentation", default="classic")
     p.add_argument("--boost", action="store_true")
+    p.add_argument("--inserted", type=int, default=0, metavar="N",
+                   help="instead, N studies per CT of one low-contrast soft-tissue lesion (10-50 mm, +-20-60 HU) "
+                        "inserted into the same real scan and shrinking 1 -> 0.75 -> 0.5 (anatomy fixed: use "
+                        "--registration identity to score the segmenter alone)")
     args = p.parse_args(argv)
 
     work = Path(args.work)
     start = time.perf_counter()
     print(f"making (or reusing) the studies in {work / 'studies'} ...", file=sys.stderr)
-    csvs = make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
-                                  n_scans=args.scans)
+    csvs = inserted_studies(args.ct_dir, work / "inserted", args.inserted, args.seeds[0]) if args.inserted else \
+        make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
+                               n_scans=args.scans)
     print(f"{len(csvs)} studies ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     registration, segmenter = make_registration(args.registration), make_segmenter(args.segmentation)
     all_rows = []

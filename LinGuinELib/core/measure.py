@@ -100,7 +100,7 @@ def percent_changes(volumes: list[float | None]) -> list[tuple[float | None, flo
     return out
 
 
-LESION_COLUMNS = ("lesion_id", "lesion_name", "scan_id", "date", "status", "volume_ml", "longest_diameter_mm",
+LESION_COLUMNS = ("lesion_id", "lesion_name", "scan_id", "date", "status", "confidence", "volume_ml", "longest_diameter_mm",
                   "short_axis_mm", "centre_x", "centre_y", "centre_z", "change_from_baseline_pct",
                   "change_from_nadir_pct")
 
@@ -122,6 +122,7 @@ def measurement_rows(result) -> list[dict]:
             rows.append({
                 "lesion_id": lesion.lesion_id, "lesion_name": lesion.name, "scan_id": scan.scan_id,
                 "date": scan.date.date().isoformat(), "status": obs.status,
+                "confidence": obs.confidence,
                 "volume_ml": m["volume_ml"] if m else None,
                 "longest_diameter_mm": m["longest_diameter_mm"] if m else None,
                 "short_axis_mm": m["short_axis_mm"] if m else None,

@@ -51,7 +51,8 @@ class LesionPrompt:
 class Observation:
     """One lesion on one scan. ``point_lps`` is the prompt used there (LPS mm; after a boost, the re-prompt
     point); ``propagated_lps`` the point the registration mapped onto this scan (before any boost);
-    ``mask`` bool [k, j, i]; ``propagated_from`` the scan id the point came from."""
+    ``mask`` bool [k, j, i]; ``propagated_from`` the scan id the point came from; ``confidence`` the
+    segmenter's: "high", "low" (found, but uncertain: check it) or "" (no opinion, a given mask, nothing found)."""
 
     lesion_id: int
     scan_id: str
@@ -60,6 +61,7 @@ class Observation:
     mask: np.ndarray | None = None
     propagated_from: str | None = None
     propagated_lps: np.ndarray | None = None
+    confidence: str = ""
 
     @property
     def found(self) -> bool:
@@ -152,6 +154,8 @@ class TrackingResult:
             "scans": [{"scan_id": s.scan_id, "date": s.date.isoformat()} for s in self.study],
             "lesions": [l.to_dict() for l in self.lesions],
             "status": {str(lid): {sid: o.status for sid, o in obs.items()} for lid, obs in self.observations.items()},
+            "confidence": {str(lid): {sid: o.confidence for sid, o in obs.items()}
+                           for lid, obs in self.observations.items()},
             **self.stats,
         }
 
@@ -185,34 +189,38 @@ class Tracker:
         self.progress(message, self._done, self._total)
         self._done += 1
 
-    def _segment(self, scan: Scan, point_lps: np.ndarray, negative_lps: np.ndarray | None = None) -> np.ndarray:
+    def _segment(self, scan: Scan, point_lps: np.ndarray,
+                 negative_lps: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """(component of the mask at the point, the segmenter's confidence; "" if nothing is left)."""
         start = time.perf_counter()
         positive = np.array([scan.nearest_voxel(point_lps)])
         negative = None
         if negative_lps is not None and len(negative_lps):
             negative = np.array([scan.nearest_voxel(p) for p in np.atleast_2d(negative_lps)])
-        mask = self.segmenter.segment(scan, positive, negative)
+        mask, confidence = self.segmenter.segment_with_confidence(scan, positive, negative)
         self.segmentation_calls += 1
         self.segmentation_seconds += time.perf_counter() - start
-        return select_component(mask, point_lps, scan, self.radius_mm)
+        mask = select_component(mask, point_lps, scan, self.radius_mm)
+        return mask, confidence if mask.any() else ""
 
-    def _segment_boosted(self, scan: Scan, point_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Segment at the point; with boost, re-prompt at the first mask's interior centre."""
-        mask = self._segment(scan, point_lps)
+    def _segment_boosted(self, scan: Scan, point_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """(mask, point used, confidence): segment at the point; with boost, re-prompt at the first
+        mask's interior centre."""
+        mask, confidence = self._segment(scan, point_lps)
         if self.boost and mask.any():
             centre = interior_centre(mask, scan)
-            boosted = self._segment(scan, centre)
+            boosted, boosted_confidence = self._segment(scan, centre)
             if boosted.any():
-                return boosted, centre
-        return mask, point_lps
+                return boosted, centre, boosted_confidence
+        return mask, point_lps, confidence
 
     def _observe(self, lesion_id: int, target: Scan, point_lps: np.ndarray, origin_id: str) -> Observation:
         if not target.contains_lps(point_lps.reshape(1, 3))[0]:
             return Observation(lesion_id, target.scan_id, OUTSIDE_FOV, point_lps, None, origin_id, point_lps)
-        mask, used = self._segment_boosted(target, point_lps)
+        mask, used, confidence = self._segment_boosted(target, point_lps)
         status = FOUND if mask.any() else NOT_FOUND
         return Observation(lesion_id, target.scan_id, status, used, mask if mask.any() else None, origin_id,
-                           point_lps)
+                           point_lps, confidence)
 
     # -- public API --------------------------------------------------------------------------
     def source_observation(self, prompt: LesionPrompt) -> Observation:
@@ -232,9 +240,9 @@ class Tracker:
         point = np.asarray(prompt.point_lps, dtype=float).reshape(3)
         if not scan.contains_lps(point.reshape(1, 3))[0]:
             raise InputError(f"lesion {lid}: {scan.outside_message(point)}")
-        mask = self._segment(scan, point)
+        mask, confidence = self._segment(scan, point)
         return Observation(lid, scan.scan_id, SOURCE if mask.any() else NOT_FOUND, point,
-                           mask if mask.any() else None)
+                           mask if mask.any() else None, confidence=confidence)
 
     def track(self, prompts: list[LesionPrompt]) -> TrackingResult:
         """Track every prompt's lesion to every scan of the study."""
@@ -308,13 +316,13 @@ class Tracker:
         negative = None
         if negative_lps is not None and len(negative_lps):
             negative = np.array([scan.nearest_voxel(p) for p in np.atleast_2d(negative_lps)])
-        mask = self.segmenter.segment(scan, kji, negative)
+        mask, confidence = self.segmenter.segment_with_confidence(scan, kji, negative)
         self.segmentation_calls += 1
         self.segmentation_seconds += time.perf_counter() - start
         mask = select_component(mask, positive_lps[0], scan, self.radius_mm)
         previous = result.observations[lesion_id][scan_id]
         status = (SOURCE if previous.status == SOURCE else FOUND) if mask.any() else NOT_FOUND
         obs = Observation(lesion_id, scan_id, status, positive_lps[0], mask if mask.any() else None,
-                          previous.propagated_from, previous.propagated_lps)
+                          previous.propagated_from, previous.propagated_lps, confidence if mask.any() else "")
         result.observations[lesion_id][scan_id] = obs
         return obs

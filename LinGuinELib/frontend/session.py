@@ -280,7 +280,7 @@ class TrackingSession:
         return self.result().label_map(scan_id)
 
     def status_rows(self) -> list[dict]:
-        """One row per lesion: id, name, colour, TrackingUID and per timepoint (status, text, edit)."""
+        """One row per lesion: id, name, colour, TrackingUID and per timepoint (status, confidence, text, edit)."""
         rows = []
         for lesion in self.result().lesions:
             cells = []
@@ -290,7 +290,11 @@ class TrackingSession:
                 edit = self.edits.get((lesion.lesion_id, scan.scan_id), "")
                 text = STATUS_TEXT.get(status, "not tracked") + (f" ({'edited' if edit == EDIT_MANUAL else 'corrected'})"
                                                                 if edit else "")
-                cells.append({"scan_id": scan.scan_id, "status": status, "text": text, "edit": edit})
+                confidence = obs.confidence if obs and not edit else ""
+                if confidence == "low":
+                    text += " (uncertain)"
+                cells.append({"scan_id": scan.scan_id, "status": status, "confidence": confidence, "text": text,
+                              "edit": edit})
             rows.append({"lesion_id": lesion.lesion_id, "name": lesion.name, "colour": lesion.colour,
                          "tracking_uid": lesion.tracking_uid, "cells": cells})
         return rows

@@ -1,7 +1,9 @@
 """Segmentation interface: point prompts on one scan -> a binary mask on that scan's grid.
 
 Voxel points are array indices in ``(k, j, i)`` order (the axis order of ``Scan.array``), as
-integer arrays of shape ``(N, 3)``. Each :meth:`Segmenter.segment` call is independent: it
+integer arrays of shape ``(N, 3)``. A backend may also say how sure it is of a mask
+(:meth:`Segmenter.segment_with_confidence`): "high", "low" (returned, but uncertain) or "" (no opinion,
+or nothing found). Each :meth:`Segmenter.segment` call is independent: it
 starts from a fresh interaction state (backends may still cache per-scan preprocessing such as
 a loaded image, keyed by ``scan.scan_id``).
 """
@@ -26,14 +28,24 @@ class Segmenter(ABC):
 
         ``positive``/``negative``: (N, 3) voxel indices in (k, j, i) order, inside the scan.
         """
+        return self.segment_with_confidence(scan, positive, negative)[0]
+
+    def segment_with_confidence(self, scan: Scan, positive: np.ndarray,
+                                negative: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """(mask as :meth:`segment`, confidence "high" / "low" / "")."""
         positive = check_voxels(positive, scan, "positive")
         negative = check_voxels(negative, scan, "negative") if negative is not None and len(negative) else \
             np.zeros((0, 3), dtype=int)
-        mask = np.asarray(self._segment(scan, positive, negative))
+        mask, confidence = self._segment_with_confidence(scan, positive, negative)
+        mask = np.asarray(mask)
         if mask.shape != scan.shape:
             raise RuntimeError(f"{self.name} returned a mask of shape {mask.shape} for scan '{scan.scan_id}' "
                                f"of shape {scan.shape}")
-        return mask.astype(bool, copy=False)
+        return mask.astype(bool, copy=False), confidence
+
+    def _segment_with_confidence(self, scan: Scan, positive: np.ndarray, negative: np.ndarray):
+        """(mask, confidence); backends that judge their masks override this (default: no opinion)."""
+        return self._segment(scan, positive, negative), ""
 
     @abstractmethod
     def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

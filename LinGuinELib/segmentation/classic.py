@@ -19,6 +19,10 @@ segmented on its own and the results are united:
 6. Steps 3-5 run again from the result's interior centre (twice at most), so the result barely
    depends on where in the lesion the point fell; the last result that passes step 5's test and
    still reaches the seed is returned.
+7. Steps 3-6 are the lung path (the surroundings the rays meet include air). Elsewhere, and where the
+   lung path finds nothing (a low-contrast lesion beside lung), a maximally stable region around the
+   seed, cut at half its contrast, is returned (:func:`_stable_region`) with a confidence: "low" when
+   it barely stands out of the noise. Nothing stable and bounded: empty mask (e.g. a lesion gone).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from LinGuinELib.core.study import Scan
 from LinGuinELib.segmentation.base import Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
+HIGH, LOW = "high", "low"  # confidence of a returned mask
 
 
 class ClassicSegmenter(Segmenter):
@@ -52,12 +57,18 @@ class ClassicSegmenter(Segmenter):
 
     def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
         """Union of the lesions found under each positive point (each segmented on its own)."""
+        return self._segment_with_confidence(scan, positive, negative)[0]
+
+    def _segment_with_confidence(self, scan: Scan, positive: np.ndarray, negative: np.ndarray):
+        """(union mask, confidence): LOW if any point's lesion is uncertain, "" if none was found."""
         out = np.zeros(scan.shape, dtype=bool)
+        levels = []
         for point in positive:
             found = self._one(scan, point, negative)
             if found is not None:
                 out[found[0]] |= found[1]
-        return out
+                levels.append(found[2])
+        return out, (LOW if LOW in levels else HIGH) if levels else ""
 
     def _one(self, scan: Scan, point: np.ndarray, negative: np.ndarray):
         """(box slices, mask within box) for one positive voxel, or None if nothing lesion-like."""
@@ -67,7 +78,22 @@ class ClassicSegmenter(Segmenter):
         negs = negative - lo
         negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
         seed = _relocate(crop, point - lo, sp)
-        grown = None if seed is None else self._grow(scan, crop, lo, seed, negs)
+        if seed is None:
+            return None
+        lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)[2]
+        found = self._lung(scan, crop, lo, seed, negs)
+        if found is None or not lung:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
+            stable = _stable_region(crop, seed, negs, sp, self.max_radius_mm)
+            if stable is None and not lung:
+                found = None  # without air around, nothing stable stands out: no lesion (e.g. it disappeared)
+            elif stable is not None and (found is None or stable[1] == HIGH):
+                found = stable  # without air around, a sure stable region wins over the ray window
+        return None if found is None else (_sl(lo, hi), found[0], found[1])
+
+    def _lung(self, scan, crop, lo, seed, negs):
+        """(mask on ``crop``, HIGH) by steps 3-6 of the module docstring, or None."""
+        sp = scan.spacing_kji
+        grown = self._grow(scan, crop, lo, seed, negs)
         if grown is None:
             return None
         # Again from the region's interior centre (twice at most), so that the result does not depend
@@ -88,7 +114,7 @@ class ClassicSegmenter(Segmenter):
         # seed (within 2 mm: a rim seed may sit just outside); none: nothing lesion-like is there.
         near_seed = _dist_from(seed0, crop.shape, sp) <= 2.0
         seen = [region for region, edge in passes if edge >= self.min_edge_fraction and (region & near_seed).any()]
-        return (_sl(lo, hi), seen[-1]) if seen else None
+        return (seen[-1], HIGH) if seen else None
 
     def _grow(self, scan, crop, crop_lo, seed, negs):
         """(mask on ``crop``, edge fraction) for the lesion around ``seed``, away from negative voxels
@@ -356,3 +382,64 @@ def _keep_seeded(candidate, seed, radius, sp):
         return ndi.binary_fill_holes(_component_at(candidate, seed))
     grown = candidate & (ndi.distance_transform_edt(~kept, sampling=sp) <= r_open + sp.min())
     return ndi.binary_fill_holes(_component_at(grown, seed))
+
+
+def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
+    """(mask on ``crop``, confidence) of the lesion at ``seed`` in soft tissue, or None.
+
+    Low-contrast path (no air around the seed): a maximally stable region. On ``crop`` smoothed to
+    about 1 mm and sampled on a ~1 mm grid, the seed's component of ``|I - core| < delta`` is taken for
+    ``delta`` from 5 to 150 HU (geometric steps); a lesion is the range of ``delta`` over which that
+    component stays bounded (clear of the ``max_radius`` ball's surface) and changes least in volume.
+    Its contrast C = median of a 1.5-4 mm shell outside it minus the core; the mask is the seed's
+    component within C / 2 of the core at full resolution (the half-way edge of a blurred step),
+    split from negative points, opened and hole-filled. None if nothing stable and bounded stands at
+    least 8 HU and 2.5 noise SDs out; confidence LOW if it stands out less than 5 noise SDs or its
+    volume changes by more than 30 % across neighbouring levels.
+    """
+    step = np.maximum(np.round(1.0 / sp).astype(int), 1)
+    fine = ndi.gaussian_filter(crop, sigma=np.where(sp < 2.0, 0.8 / sp, 0.0), mode="nearest")
+    coarse, csp = fine[::step[0], ::step[1], ::step[2]], sp * step
+    cseed = np.minimum(seed // step, np.asarray(coarse.shape) - 1)
+    lo, hi = _ball_box(cseed, 2.0, csp, coarse.shape)
+    core = float(np.median(coarse[_sl(lo, hi)]))
+    noise = 1.4826 * float(np.median(np.abs(fine - ndi.median_filter(fine, size=3))))  # smoothed-image SD
+    inside_ball = _dist_from(cseed, coarse.shape, csp) < max_radius
+    deviation = np.abs(coarse - core)
+    deltas = np.geomspace(5.0, 150.0, n_levels)
+    volumes = np.full(n_levels, np.inf)
+    regions = [None] * n_levels
+    for n, delta in enumerate(deltas):
+        comp = _component_at(deviation < delta, cseed)
+        if not comp.any() or (comp & ~inside_ball).any():
+            break  # unbounded from here on
+        volumes[n], regions[n] = comp.sum(), comp
+    best, best_score = None, np.inf
+    for n in range(1, n_levels - 1):
+        if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0:
+            continue
+        score = (volumes[n + 1] - volumes[n - 1]) / volumes[n]
+        if score < best_score:
+            best, best_score = n, score
+    if best is None:
+        return None
+    region = regions[best]
+    dist_out = ndi.distance_transform_edt(~region, sampling=csp)
+    shell = (dist_out > 1.5) & (dist_out <= 4.0)
+    inner = float(np.median(coarse[region]))
+    contrast = float(np.median(coarse[shell])) - inner if shell.any() else 0.0
+    if abs(contrast) < max(8.0, 2.5 * noise):
+        return None
+    full = np.abs(fine - inner) < abs(contrast) / 2
+    near = ndi.binary_dilation(np.repeat(np.repeat(np.repeat(region, step[0], 0), step[1], 1), step[2], 2)
+                               [:crop.shape[0], :crop.shape[1], :crop.shape[2]], iterations=2)
+    candidate = full & np.pad(near, [(0, max(n - m, 0)) for n, m in zip(crop.shape, near.shape)])
+    candidate[tuple(seed)] = True
+    if len(negs):
+        candidate &= _split_off(candidate, seed, negs, sp)
+    radius = (3.0 * region.sum() * np.prod(csp) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    mask = _keep_seeded(candidate, seed, radius, sp)
+    if not mask.any():
+        return None
+    sure = abs(contrast) >= 5.0 * noise and best_score <= 0.3
+    return mask, HIGH if sure else LOW
