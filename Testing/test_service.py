@@ -109,8 +109,24 @@ def test_tracking_through_the_service_equals_in_process_voxel_for_voxel(service,
         assert np.array_equal(remote.label_map(scan.scan_id), local_result.label_map(scan.scan_id)), scan.scan_id
         a, b = remote.observation(1, scan.scan_id), local_result.observation(1, scan.scan_id)
         assert a.status == b.status and np.allclose(a.point_lps, b.point_lps) and a.propagated_from == b.propagated_from
+        assert a.confidence == b.confidence, scan.scan_id  # the Slicer status table marks "low" as uncertain
+    assert any(o.confidence for o in remote.observations[1].values())
     assert sum(o.found for o in remote.observations[1].values()) == 4
     assert remote.stats["registration_calls"] == local_result.stats["registration_calls"] == 3
+
+
+def test_observation_round_trip_keeps_confidence_and_rejects_unknown_values():
+    from LinGuinELib.core.tracking import FOUND, Observation
+
+    mask = np.zeros((6, 7, 8), bool)
+    mask[2:4, 3:5, 1:6] = True
+    obs = Observation(3, "t1", FOUND, np.array([1.5, -2.0, 3.25]), mask, "t0", np.array([1.0, -2.0, 3.0]), "low")
+    arrays: list = []
+    d = json.loads(json.dumps(protocol.observation_to_json(obs, arrays)))
+    back = protocol.observation_from_json(d, arrays, mask.shape)
+    assert back.confidence == "low" and np.array_equal(back.mask, mask) and np.allclose(back.point_lps, obs.point_lps)
+    with pytest.raises(protocol.ProtocolError, match="confidence 'sure'"):
+        protocol.observation_from_json({**d, "confidence": "sure"}, arrays, mask.shape)
 
 
 def test_second_lesion_adds_no_registration_and_uploads_nothing(service, study):

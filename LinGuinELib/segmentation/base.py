@@ -17,6 +17,9 @@ import numpy as np
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.study import Scan
 
+HIGH, LOW = "high", "low"  # a backend's confidence in a returned mask; "" = no opinion
+CONFIDENCES = (HIGH, LOW, "")
+
 
 class Segmenter(ABC):
     """A point-prompted 3-D segmentation backend. Subclasses set ``name``, implement ``_segment``."""

@@ -33,10 +33,9 @@ from skimage.filters import threshold_otsu
 from skimage.graph import MCP_Geometric
 
 from LinGuinELib.core.study import Scan
-from LinGuinELib.segmentation.base import Segmenter
+from LinGuinELib.segmentation.base import HIGH, LOW, Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
-HIGH, LOW = "high", "low"  # confidence of a returned mask
 
 
 class ClassicSegmenter(Segmenter):

@@ -27,6 +27,7 @@ import numpy as np
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.lesion import Lesion
 from LinGuinELib.core.tracking import Observation
+from LinGuinELib.segmentation.base import CONFIDENCES
 
 PROTOCOL_VERSION = 1
 MAGIC = b"LGE1"
@@ -237,7 +238,7 @@ def observation_to_json(obs: Observation, arrays: list[np.ndarray]) -> dict:
     """JSON of an observation; its mask is cropped and appended to ``arrays`` (index in ``mask``)."""
     d = {"lesion_id": obs.lesion_id, "scan_id": obs.scan_id, "status": obs.status,
          "point_lps": _opt_list(obs.point_lps), "propagated_lps": _opt_list(obs.propagated_lps),
-         "propagated_from": obs.propagated_from, "mask": None, "offset": None}
+         "propagated_from": obs.propagated_from, "confidence": obs.confidence, "mask": None, "offset": None}
     if obs.mask is not None:
         d["offset"], crop = crop_mask(obs.mask)
         d["mask"] = len(arrays)
@@ -253,10 +254,13 @@ def observation_from_json(d: dict, arrays: list[np.ndarray], shape) -> Observati
         if not 0 <= index < len(arrays):
             raise ProtocolError(f"observation mask index {index} names no array of the message")
         mask = uncrop_mask(d["offset"], arrays[index], shape)
+    confidence = d.get("confidence") or ""
+    if confidence not in CONFIDENCES:
+        raise ProtocolError(f"observation confidence {confidence!r} is not one of {CONFIDENCES}")
     return Observation(
         lesion_id=int(d["lesion_id"]), scan_id=str(d["scan_id"]), status=str(d["status"]),
         point_lps=None if d.get("point_lps") is None else point(d["point_lps"], "point_lps"),
-        mask=mask, propagated_from=d.get("propagated_from"),
+        mask=mask, propagated_from=d.get("propagated_from"), confidence=confidence,
         propagated_lps=None if d.get("propagated_lps") is None else point(d["propagated_lps"], "propagated_lps"))
 
 
