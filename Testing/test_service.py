@@ -450,3 +450,36 @@ def test_serve_without_fastapi_says_which_extra_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     assert main(["serve"]) == 2
     assert "linguine[serve]" in capsys.readouterr().err
+
+
+def test_tls_service_answers_a_client_that_trusts_its_certificate_only(study, tmp_path, monkeypatch):
+    """`serve --tls-cert/--tls-key` speaks https; a client trusting the team's certificate (SSL_CERT_FILE, as
+    the README says) tracks through it; one that does not gets a clear TLS error and no data."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a self-signed test certificate")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    svc = LocalService(extra_args=("--tls-cert", str(cert), "--tls-key", str(key), "--device", "cpu"))
+    svc.start()
+    try:
+        svc.wait_ready(120)
+        assert svc.url.startswith("https://127.0.0.1:")
+        s, centre = study
+        remote = EngineClient(svc.url, svc.token).track(s, [LesionPrompt(Lesion(1, "A"), "t0", point_lps=centre)], FAST)
+        assert sum(o.found for o in remote.observations[1].values()) == 4
+        other_ca = tmp_path / "other.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
+                        "-keyout", str(tmp_path / "other.key"), "-out", str(other_ca)], check=True, capture_output=True)
+        monkeypatch.setenv("SSL_CERT_FILE", str(other_ca))
+        with pytest.raises(ServiceUnavailable, match="TLS with the engine service at https://127.0.0.1:.*certificate"):
+            EngineClient(svc.url, svc.token).health()
+        with pytest.raises(ServiceUnavailable, match="not reachable"):  # plain http to the TLS port: no data
+            EngineClient(svc.url.replace("https", "http"), svc.token).health()
+    finally:
+        svc.stop()
