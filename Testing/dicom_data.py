@@ -108,11 +108,54 @@ def write_ct_series(out_dir: Path, image: sitk.Image, *, patient_id: str = "LNG-
 THIRD_PARTY_SEG = "third_party_liver_seg.dcm"
 
 
-def third_party_seg(ct_dir: Path) -> Path:
-    """The DICOM-SEG written by another tool (dcmqi's liver example) beside the CT folder; skips if absent."""
+def dcmqi_tool(name: str) -> str:
+    """Path of one of dcmqi's command-line tools (PyPI dcmqi, in the test extra); skips if absent."""
+    import os
+    import sys
+
+    exe = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip(f"{name} not installed (PyPI dcmqi; .ci/run installs it)")
+    return exe
+
+
+def third_party_seg(ct_dir: Path, tmp_dir: Path) -> Path:
+    """A DICOM-SEG written by another tool: dcmqi's liver example beside the CT folder (``../shared/data``)
+    when present, else one that dcmqi's ``itkimage2segimage`` writes into ``tmp_dir`` now, over a 5-slice CT
+    series of 128x128 voxels at 0.81 mm, 1 mm apart, with an ellipse on slices 1-3 (dcmqi leaves out
+    empty frames, as the liver example has 3 frames)."""
     path = Path(ct_dir).parent / THIRD_PARTY_SEG
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+    if path.is_file():
+        return path
+    import json
+
+    exe = dcmqi_tool("itkimage2segimage")
+    tmp_dir = Path(tmp_dir)
+    rng = np.random.default_rng(3)
+    ct = sitk.GetImageFromArray(rng.normal(40, 10, (5, 128, 128)).astype(np.int16))
+    ct.SetSpacing((0.81, 0.81, 1.0))
+    ct.SetOrigin((-50.0, -40.0, -128.7))
+    write_ct_series(tmp_dir / "ct", ct, series_description="CT abdomen")
+    k, j, i = np.mgrid[:5, :128, :128]
+    label = (((j - 60) / 38.0) ** 2 + ((i - 66) / 45.0) ** 2 <= 1) & (k >= 1) & (k <= 3)
+    label_image = sitk.GetImageFromArray(label.astype(np.uint8))
+    label_image.CopyInformation(ct)
+    sitk.WriteImage(label_image, str(tmp_dir / "label.nrrd"))
+    code = lambda value, scheme, meaning: {"CodeValue": value, "CodingSchemeDesignator": scheme, "CodeMeaning": meaning}
+    meta = {"ContentCreatorName": "Reader1", "ClinicalTrialSeriesID": "Session1", "ClinicalTrialTimePointID": "1",
+            "SeriesDescription": "Segmentation", "SeriesNumber": "300", "InstanceNumber": "1",
+            "segmentAttributes": [[{"labelID": 1, "SegmentDescription": "Liver", "SegmentAlgorithmType": "MANUAL",
+                                    "SegmentedPropertyCategoryCodeSequence": code("123037004", "SCT", "Anatomical Structure"),
+                                    "SegmentedPropertyTypeCodeSequence": code("10200004", "SCT", "Liver"),
+                                    "recommendedDisplayRGBValue": [221, 130, 101]}]],
+            "ContentLabel": "SEGMENTATION", "ContentDescription": "Image segmentation",
+            "ClinicalTrialCoordinatingCenterName": "dcmqi"}
+    (tmp_dir / "meta.json").write_text(json.dumps(meta))
+    path = tmp_dir / THIRD_PARTY_SEG
+    run = subprocess.run([exe, "--inputImageList", str(tmp_dir / "label.nrrd"), "--inputDICOMDirectory",
+                          str(tmp_dir / "ct"), "--inputMetadata", str(tmp_dir / "meta.json"),
+                          "--outputDICOM", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0 and path.is_file(), run.stdout + run.stderr
     return path
 
 

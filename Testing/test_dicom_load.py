@@ -157,7 +157,8 @@ def test_non_image_dicom(study_dir, tmp_path, ct_dir):
     """A CT file without pixels is an error naming it; a SEG in the folder is skipped and logged; a folder
     holding no CT at all is an error that says what it found."""
     root = copy_study(study_dir, tmp_path)
-    seg = pydicom.dcmread(third_party_seg(ct_dir))
+    seg_path = third_party_seg(ct_dir, tmp_path / "seg")
+    seg = pydicom.dcmread(seg_path)
     seg.PatientID = "LNG-001"
     seg.save_as(root / "b" / "seg.dcm")
     logs = []
@@ -166,7 +167,7 @@ def test_non_image_dicom(study_dir, tmp_path, ct_dir):
 
     only_seg = tmp_path / "only_seg"
     only_seg.mkdir()
-    shutil.copy(third_party_seg(ct_dir), only_seg / "x.dcm")
+    shutil.copy(seg_path, only_seg / "x.dcm")
     with pytest.raises(InputError, match=r"only_seg: no CT image series found; found only: .*x\.dcm \(SEG"):
         load_dicom_study(only_seg, log=lambda m: None)
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 import subprocess
-import sys
 
 import highdicom as hd
 import numpy as np
@@ -16,7 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_data import dciodvfy_errors, small_ct, third_party_seg, write_ct_series
+from dicom_data import dciodvfy_errors, dcmqi_tool, small_ct, third_party_seg, write_ct_series
 from LinGuinELib import __version__
 from LinGuinELib.cli import main as cli_main
 from LinGuinELib.io.dicom import load_dicom_study
@@ -86,9 +83,7 @@ def test_segs_pass_dciodvfy(tracked):
 
 
 def test_dcmqi_reads_back_every_segment_with_dice_1(tracked, tmp_path):
-    exe = shutil.which("segimage2itkimage") or shutil.which("segimage2itkimage", path=os.path.dirname(sys.executable))
-    if exe is None:
-        pytest.skip("segimage2itkimage not installed (PyPI dcmqi; .ci/run installs it)")
+    exe = dcmqi_tool("segimage2itkimage")
     uid_to_id = {lesion.tracking_uid: lesion.lesion_id for lesion in tracked["lesions"]}
     checked = 0
     for path, scan in zip(tracked["paths"], tracked["study"]):
@@ -169,26 +164,36 @@ def test_export_seg_command_reads_a_track_folder(tracked, tmp_path, capsys):
     assert seg.get_segment_description(2).SegmentAlgorithmType == "MANUAL"
 
 
-def test_third_party_seg_imports_as_a_prompt(ct_dir, tracked):
-    """dcmqi's liver SEG (3 frames of 512x512 at 0.81 mm, 1 mm apart) onto scans that cover it."""
-    seg_path = third_party_seg(ct_dir)
-    reference = pydicom.dcmread(seg_path).pixel_array.astype(bool)
-    sp, z0 = 0.810547, -128.69
+def test_third_party_seg_imports_as_a_prompt(ct_dir, tracked, tmp_path):
+    """A SEG another tool wrote (dcmqi's liver example: 3 frames of 512x512 at 0.81 mm, 1 mm apart; on a
+    fresh machine one dcmqi writes now) maps onto a scan on its own grid voxel for voxel, and onto a 4x
+    coarser grid with its volume kept; a study without its referenced series is refused, naming both."""
+    seg_path = third_party_seg(ct_dir, tmp_path)
+    ds = pydicom.dcmread(seg_path)
+    reference = ds.pixel_array.astype(bool).reshape(-1, ds.Rows, ds.Columns)
+    positions = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in ds.PerFrameFunctionalGroupsSequence],
+                         float)
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    row_sp, col_sp = map(float, measures.PixelSpacing)
+    gap = float(np.median(np.diff(positions[:, 2])))
+    assert np.allclose(np.diff(positions[:, 2]), gap) and np.allclose(positions[:, :2], positions[0, :2])
+    x0, y0, z0 = positions[0]
     noise = np.random.default_rng(0)
-    same_grid = Scan("liver", noise.normal(0, 10, (5, 512, 512)).astype(np.float32), origin=(-235.2, -226.8, z0 - 1),
-                     spacing=(sp, sp, 1.0), direction=np.eye(3), date=dt.datetime(2020, 1, 1))
+    n = len(reference)
+    same_grid = Scan("same", noise.normal(0, 10, (n + 2, ds.Rows, ds.Columns)).astype(np.float32),
+                     origin=(x0, y0, z0 - gap), spacing=(col_sp, row_sp, gap), direction=np.eye(3),
+                     date=dt.datetime(2020, 1, 1))
     labels = seg_to_label_map(seg_path, same_grid, log=lambda m: None)
-    np.testing.assert_array_equal(labels[1:4] > 0, reference)
-    assert not labels[[0, 4]].any() and labels.max() == 1
-    coarse = Scan("coarse", noise.normal(0, 10, (3, 128, 128)).astype(np.float32),
-                  origin=(-235.2 + 1.5 * sp, -226.8 + 1.5 * sp, z0), spacing=(4 * sp, 4 * sp, 1.0),
+    np.testing.assert_array_equal(labels[1:n + 1] > 0, reference)
+    assert not labels[[0, n + 1]].any() and labels.max() == 1
+    coarse = Scan("coarse", noise.normal(0, 10, (n, ds.Rows // 4, ds.Columns // 4)).astype(np.float32),
+                  origin=(x0 + 1.5 * col_sp, y0 + 1.5 * row_sp, z0), spacing=(4 * col_sp, 4 * row_sp, gap),
                   direction=np.eye(3), date=dt.datetime(2020, 1, 1))
     volume = seg_to_label_map(seg_path, coarse, log=lambda m: None).sum() * coarse.voxel_volume_mm3
-    assert volume == pytest.approx(reference.sum() * sp * sp, rel=0.02)
-    # it references a series this study does not hold
-    with pytest.raises(InputError, match=r"third_party_liver_seg\.dcm: its referenced series "
-                                         r"1\.2\.392\.200103\.20080913\.113635\.1\.2009\.6\.22\.21\.43\.10\.23430\.1 "
-                                         "is not in the study"):
+    assert volume == pytest.approx(reference.sum() * col_sp * row_sp * gap, rel=0.02)
+    series_uid = ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+    with pytest.raises(InputError, match=rf"{seg_path.name.replace('.', '[.]')}: its referenced series "
+                                         rf"{series_uid.replace('.', '[.]')} is not in the study"):
         read_seg_prompt(seg_path, tracked["study"])
 
 
