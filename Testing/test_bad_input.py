@@ -46,6 +46,25 @@ def test_truncated_image_file_is_refused_naming_it(tmp_path, ext, compress, keep
         read_image(path)
 
 
+@pytest.mark.parametrize("ext, compress", [(".mhd", False), (".mhd", True), (".nhdr", False), (".nhdr", True)])
+def test_detached_voxel_file_cut_or_missing_is_refused_naming_it(tmp_path, ext, compress):
+    """A header beside its voxel file (.mhd + .raw/.zraw, .nhdr + .raw/.raw.gz): a cut voxel file is named,
+    and so is a missing one; the header alone is not an image."""
+    header = tmp_path / f"ct{ext}"
+    sitk.WriteImage(make_scan().to_sitk(), str(header), compress)
+    (voxels,) = [p for p in tmp_path.iterdir() if p != header]
+    assert read_image(header).GetSize() == (40, 40, 20)
+    data = voxels.read_bytes()
+    cut(voxels, 0.9)
+    with pytest.raises(InputError, match=rf"{voxels.name}.*: .*(truncated|ends early)"):
+        read_image(header)
+    voxels.unlink()
+    with pytest.raises(InputError, match=rf"{header.name}: (?=.*{voxels.name})(?=.*(is missing|couldn't open))"):
+        read_image(header)
+    voxels.write_bytes(data)
+    assert read_image(header).GetSize() == (40, 40, 20)
+
+
 def test_corrupt_gzip_is_refused_naming_it(tmp_path):
     path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(make_scan().to_sitk(), str(path), True)

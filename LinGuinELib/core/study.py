@@ -191,8 +191,9 @@ def _inflated_size(data: bytes, path: Path, gzip_header: bool) -> int:
 def check_image_file(path: Path) -> None:
     """Refuse a truncated or corrupt image file (which ITK may read as a partly zero image).
 
-    A gzip file (.nii.gz, ...) must be a complete, CRC-valid stream; for NIfTI, NRRD (attached raw or gzip
-    data) and MetaImage (.mha, local data) the voxel bytes the header announces must all be present.
+    A gzip file (.nii.gz, ...) must be a complete, CRC-valid stream; for NIfTI, NRRD and MetaImage the voxel
+    bytes the header announces must all be present, attached (.nrrd, .mha) or in one detached file
+    (.nhdr/.mhd beside a .raw or .raw.gz, which must exist).
     """
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
@@ -206,6 +207,7 @@ def check_image_file(path: Path) -> None:
     one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     n_bytes = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents() * one.GetSizeOfPixelComponent()
     needed = available = None
+    where = path  # the file that holds the voxels
     if head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
         little = head[:4] in (b"\x5c\x01\x00\x00", b"\x1c\x02\x00\x00")
         nifti2 = head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
@@ -215,25 +217,38 @@ def check_image_file(path: Path) -> None:
         needed, available = offset + n_bytes, data_len
     elif data[:4] == b"NRRD" or data[:8] == b"ObjectTy" or data[:5] == b"NDims":
         end = data.find(b"\n\n") if data[:4] == b"NRRD" else data.find(b"ElementDataFile")
+        if end < 0 and data[:4] == b"NRRD":
+            end = len(data)  # a detached header (.nhdr) need not end in a blank line
         if end >= 0:
-            header = data[:end].decode("latin-1").lower()
+            header = data[:end].decode("latin-1")
             if data[:4] == b"NRRD":
                 body = data[end + 2:]
-                fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line and ":=" not in line)
-                encoding = fields.get("encoding", "raw").strip()
-                attached = "data file" not in fields and "datafile" not in fields
+                fields = {key.strip().lower(): value.strip() for key, value in
+                          (line.split(":", 1) for line in header.splitlines() if ":" in line and ":=" not in line)}
+                encoding = fields.get("encoding", "raw").lower()
+                data_file = fields.get("data file", fields.get("datafile"))
             else:
                 line_end = data.find(b"\n", end)
-                attached = data[end:line_end].split(b"=")[-1].strip().upper() == b"LOCAL"
-                body = data[line_end + 1:]
-                encoding = "zlib" if re.search(r"compresseddata\s*=\s*true", header) else "raw"
-            if attached and encoding == "raw":
+                data_file = data[end:line_end if line_end >= 0 else None].decode("latin-1").split("=", 1)[-1].strip()
+                body = data[line_end + 1:] if line_end >= 0 else b""
+                if data_file.upper() == "LOCAL":
+                    data_file = None
+                encoding = "zlib" if re.search(r"compresseddata\s*=\s*true", header, re.IGNORECASE) else "raw"
+            if data_file is not None:  # detached voxels (.mhd + .raw, .nhdr + .raw[.gz]): check that one file
+                if any(c in data_file for c in "%") or data_file.upper().startswith("LIST") or " " in data_file:
+                    return  # a file list or pattern: ITK checks each file it opens
+                where = path.parent / data_file
+                if not where.is_file():
+                    raise InputError(f"{path}: its voxel file {where} is missing")
+                body = where.read_bytes()
+            if encoding == "raw":
                 needed, available = n_bytes, len(body)
-            elif attached and encoding in ("gzip", "gz", "zlib"):
-                needed, available = n_bytes, _inflated_size(body, path, gzip_header=encoding != "zlib")
+            elif encoding in ("gzip", "gz", "zlib"):
+                needed, available = n_bytes, _inflated_size(body, where, gzip_header=encoding != "zlib")
     if needed is not None and available < needed:
-        raise InputError(f"{path}: holds {available} of the {needed} bytes its header announces; the file is "
-                         "truncated (incomplete copy or download?)")
+        header_note = "" if where == path else f" (the voxel file of {path.name})"
+        raise InputError(f"{where}{header_note}: holds {available} of the {needed} bytes its header announces; the "
+                         "file is truncated (incomplete copy or download?)")
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
