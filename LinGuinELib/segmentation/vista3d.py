@@ -154,7 +154,7 @@ class Vista3DSegmenter(Segmenter):
             dropped = self._cache.pop(scan_id, None)
         if dropped is not None:
             del dropped
-            free_memory(self.device)
+            free_memory()
 
     @property
     def cached_count(self) -> int:
