@@ -158,7 +158,7 @@ def test_export_seg_command_reads_a_track_folder(tracked, tmp_path, capsys):
         sitk.WriteImage(label, str(track / f"{scan.scan_id}.nii.gz"))
     lesions = tracked["lesions"]
     (track / "summary.json").write_text(json.dumps({"lesions": [lesion.to_dict() for lesion in lesions],
-                                                    "manual": [[2, "CT_20190911"]], "segmentation": "classic"}))
+                                                    "segmentation": "classic"}))
     assert cli_main(["export-seg", str(tracked["root"] / "dicom"), str(track), "--out", str(tmp_path / "segs"),
                      "--creator", "Doe^Jane"]) == 0
     written = capsys.readouterr().out.split()
@@ -166,7 +166,7 @@ def test_export_seg_command_reads_a_track_folder(tracked, tmp_path, capsys):
     seg = hd.seg.segread(written[1])
     assert str(seg.ContentCreatorName) == "Doe^Jane"
     assert seg.get_segment_description(2).TrackingUID == lesions[1].tracking_uid
-    assert seg.get_segment_description(2).SegmentAlgorithmType == "MANUAL"
+    assert [seg.get_segment_description(n).SegmentAlgorithmType for n in (1, 2)] == ["SEMIAUTOMATIC"] * 2
 
 
 def test_third_party_seg_imports_as_a_prompt(ct_dir, tracked):
