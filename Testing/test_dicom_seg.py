@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_data import dciodvfy_errors, small_ct, third_party_seg, write_ct_series
+from dicom_data import dciodvfy_errors, shrunk_int16_ct, third_party_seg, write_ct_series
 from LinGuinELib import __version__
 from LinGuinELib.cli import main as cli_main
 from LinGuinELib.io.dicom import load_dicom_study
@@ -35,7 +35,7 @@ def tracked(ct_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("seg_study")
     maps = {}
     for name, date in (("lung1", "20190305"), ("lung2", "20190911")):
-        image, label = small_ct(ct_dir, name)
+        image, label = shrunk_int16_ct(ct_dir, name)
         write_ct_series(root / "dicom" / name, image, date=date, series_description=f"CT {date}")
         maps[f"CT_{date}"] = sitk.GetArrayFromImage(label).astype(np.int32)
     maps["CT_20190911"][5:8, 60:66, 60:66] = 2

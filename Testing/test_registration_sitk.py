@@ -18,15 +18,6 @@ from LinGuinELib.core.tracking import interior_centre
 
 
 @pytest.fixture(scope="module")
-def small_ct(ct_dir):
-    """lung2 block-averaged 4x in-plane and cut to slices 5..44 (tumour inside): (image, label) sitk."""
-    image = sitk.BinShrink(sitk.ReadImage(str(ct_dir / "lung2_image.nrrd")), [4, 4, 1])[:, :, 5:45]
-    label = sitk.ReadImage(str(ct_dir / "lung2_label.nrrd"))[::4, ::4, 5:45]
-    label.CopyInformation(image)
-    return image, label
-
-
-@pytest.fixture(scope="module")
 def backend():
     """One backend for the module: every target is called 'target' with a different image, so a stale
     per-scan cache would make these tests fail."""
