@@ -52,6 +52,18 @@ def make_scan(scan_id="s0", date=dt.datetime(2020, 1, 1), shape=(20, 40, 40), sp
                 label=lab if label else None)
 
 
+@pytest.fixture(scope="session")
+def small_ct(ct_dir):
+    """lung2 block-averaged 4x in-plane and cut to slices 5..44 (tumour inside): (image, label) SimpleITK
+    images of 128 x 128 x 40 voxels, 2.51 x 2.51 x 5 mm. Shared by every test: do not modify them."""
+    import SimpleITK as sitk
+
+    image = sitk.BinShrink(sitk.ReadImage(str(ct_dir / "lung2_image.nrrd")), [4, 4, 1])[:, :, 5:45]
+    label = sitk.ReadImage(str(ct_dir / "lung2_label.nrrd"))[::4, ::4, 5:45]
+    label.CopyInformation(image)
+    return image, label
+
+
 @pytest.fixture
 def scan_factory():
     return make_scan

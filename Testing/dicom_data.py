@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 
-def small_ct(ct_dir: Path, name: str, shrink: int = 4) -> tuple[sitk.Image, sitk.Image]:
+def shrunk_int16_ct(ct_dir: Path, name: str, shrink: int = 4) -> tuple[sitk.Image, sitk.Image]:
     """(image int16, label uint8) of ``<name>_image.nrrd`` shrunk ``shrink`` times in i and j."""
     image = sitk.BinShrink(sitk.ReadImage(str(Path(ct_dir) / f"{name}_image.nrrd"), sitk.sitkFloat32),
                            [shrink, shrink, 1])

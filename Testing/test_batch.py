@@ -173,12 +173,12 @@ def test_evaluate_on_ray_scores_the_same_as_in_process(tmp_path, capsys):
 
 
 def test_dicom_seg_per_study_and_a_non_dicom_study_fails_with_the_reason(ct_dir, tmp_path):
-    from dicom_data import small_ct, write_ct_series
+    from dicom_data import shrunk_int16_ct, write_ct_series
 
     data = tmp_path / "data"
     make_cohort(data)
     for name, date in (("lung1", "20190305"), ("lung2", "20190911")):
-        image, label = small_ct(ct_dir, name)
+        image, label = shrunk_int16_ct(ct_dir, name)
         write_ct_series(data / "dcm" / name, image, date=date, series_description=f"CT {date}")
         if name == "lung1":
             sitk.WriteImage(label, str(data / "lung1_label.nii.gz"))

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from dicom_data import dciodvfy_errors, small_ct, third_party_seg, write_ct_series
+from dicom_data import dciodvfy_errors, shrunk_int16_ct, third_party_seg, write_ct_series
 from LinGuinELib.cli import main as cli_main
 from LinGuinELib.io.dicom import load_dicom_study
 from LinGuinELib.core.errors import InputError
@@ -23,7 +23,7 @@ from LinGuinELib.io.load import load_study
 
 @pytest.fixture(scope="module")
 def images(ct_dir):
-    return {name: small_ct(ct_dir, name) for name in ("lung1", "lung2")}
+    return {name: shrunk_int16_ct(ct_dir, name) for name in ("lung1", "lung2")}
 
 
 @pytest.fixture(scope="module")

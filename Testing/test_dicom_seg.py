@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_data import dciodvfy_errors, dcmqi_tool, small_ct, third_party_seg, write_ct_series
+from dicom_data import dciodvfy_errors, dcmqi_tool, shrunk_int16_ct, third_party_seg, write_ct_series
 from LinGuinELib import __version__
 from LinGuinELib.cli import main as cli_main
 from LinGuinELib.io.dicom import load_dicom_study
@@ -32,7 +32,7 @@ def tracked(ct_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("seg_study")
     maps = {}
     for name, date in (("lung1", "20190305"), ("lung2", "20190911")):
-        image, label = small_ct(ct_dir, name)
+        image, label = shrunk_int16_ct(ct_dir, name)
         write_ct_series(root / "dicom" / name, image, date=date, series_description=f"CT {date}")
         maps[f"CT_{date}"] = sitk.GetArrayFromImage(label).astype(np.int32)
     maps["CT_20190911"][5:8, 60:66, 60:66] = 2
@@ -153,7 +153,7 @@ def test_export_seg_command_reads_a_track_folder(tracked, tmp_path, capsys):
         sitk.WriteImage(label, str(track / f"{scan.scan_id}.nii.gz"))
     lesions = tracked["lesions"]
     (track / "summary.json").write_text(json.dumps({"lesions": [lesion.to_dict() for lesion in lesions],
-                                                    "manual": [[2, "CT_20190911"]], "segmentation": "classic"}))
+                                                    "segmentation": "classic"}))
     assert cli_main(["export-seg", str(tracked["root"] / "dicom"), str(track), "--out", str(tmp_path / "segs"),
                      "--creator", "Doe^Jane"]) == 0
     written = capsys.readouterr().out.split()
@@ -161,7 +161,7 @@ def test_export_seg_command_reads_a_track_folder(tracked, tmp_path, capsys):
     seg = hd.seg.segread(written[1])
     assert str(seg.ContentCreatorName) == "Doe^Jane"
     assert seg.get_segment_description(2).TrackingUID == lesions[1].tracking_uid
-    assert seg.get_segment_description(2).SegmentAlgorithmType == "MANUAL"
+    assert [seg.get_segment_description(n).SegmentAlgorithmType for n in (1, 2)] == ["SEMIAUTOMATIC"] * 2
 
 
 def test_third_party_seg_imports_as_a_prompt(ct_dir, tracked, tmp_path):

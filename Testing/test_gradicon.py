@@ -20,6 +20,7 @@ from scipy.spatial.transform import Rotation  # noqa: E402
 from LinGuinELib.core.errors import InputError, LinGuinEError  # noqa: E402
 from LinGuinELib.backends.models import ModelManager  # noqa: E402
 from LinGuinELib.registration import gradicon  # noqa: E402
+from random_weights import random_gradicon_weights  # noqa: E402
 from LinGuinELib.core.study import Scan  # noqa: E402
 
 SIZE = 65  # the smallest grid the network accepts; production uses 175
@@ -27,7 +28,7 @@ SIZE = 65  # the smallest grid the network accepts; production uses 175
 
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
-    return gradicon.write_random_weights(tmp_path_factory.mktemp("gradicon") / "Step_2_final.trch", seed=0)
+    return random_gradicon_weights(tmp_path_factory.mktemp("gradicon") / "Step_2_final.trch", seed=0)
 
 
 def backend(weights, tmp_path, cls=gradicon.UniGradICONRegistration, **kw):

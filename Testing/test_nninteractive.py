@@ -22,6 +22,7 @@ import SimpleITK as sitk  # noqa: E402
 from LinGuinELib.core.errors import InputError, LinGuinEError  # noqa: E402
 from LinGuinELib.backends.models import ModelManager  # noqa: E402
 from LinGuinELib.segmentation import nninteractive as nni  # noqa: E402
+from random_weights import random_gradicon_weights, random_nninteractive_folder  # noqa: E402
 from LinGuinELib.core.study import Scan  # noqa: E402
 
 
@@ -29,7 +30,7 @@ from LinGuinELib.core.study import Scan  # noqa: E402
 def model_root(tmp_path_factory):
     """A weights folder laid out like the cache: <root>/nninteractive/nnInteractive_v1.0/..."""
     root = tmp_path_factory.mktemp("weights")
-    nni.make_random_model_folder(root / "nninteractive" / "nnInteractive_v1.0", patch_size=64)
+    random_nninteractive_folder(root / "nninteractive" / "nnInteractive_v1.0", patch_size=64)
     return root
 
 
@@ -104,7 +105,7 @@ def test_points_outside_the_image_never_reach_the_session(model_root, tmp_path, 
 
 def test_unreadable_model_folder_is_named(tmp_path, scan_factory):
     folder = tmp_path / "broken"
-    nni.make_random_model_folder(folder, patch_size=64, features=(4, 8, 8, 8))
+    random_nninteractive_folder(folder, patch_size=64, features=(4, 8, 8, 8))
     (folder / "fold_0" / nni.CHECKPOINT).write_bytes(b"truncated")
     seg = nni.NNInteractiveSegmenter(device="cpu", weights=str(folder), models=ModelManager(home=tmp_path / "h"))
     with pytest.raises(LinGuinEError, match="broken"):
@@ -135,7 +136,7 @@ def test_track_unigradicon_nninteractive_end_to_end(model_root, tmp_path, ct_dir
     from LinGuinELib.cli import main
     from LinGuinELib.registration import gradicon
 
-    gradicon.write_random_weights(model_root / "unigradicon" / "Step_2_final.trch")
+    random_gradicon_weights(model_root / "unigradicon" / "Step_2_final.trch")
     monkeypatch.setattr(gradicon, "DEFAULT_INPUT_SIZE", 65)  # CPU-light grid; production is 175
     monkeypatch.setattr(nni, "DEFAULT_AUTOZOOM", False)  # random weights would zoom out for minutes
     monkeypatch.setenv("LINGUINE_HOME", str(tmp_path / "cache"))

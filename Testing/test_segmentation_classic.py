@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from LinGuinELib.backends import make_segmenter
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.measure import dice
 from LinGuinELib.segmentation.classic import ClassicSegmenter
@@ -38,17 +37,6 @@ def lung2(ct_dir):
 @pytest.fixture(scope="module")
 def seg():
     return ClassicSegmenter()
-
-
-def test_classic_ignores_a_gpu_device_and_segments_the_same(scan_factory):
-    """``--segmentation classic --device cuda`` on a machine without CUDA: the CPU backend drops the option and
-    gives the same mask as the default one."""
-    scan = scan_factory(shape=(24, 48, 48), spacing=(1.0, 1.0, 1.5), blobs=(((12, 24, 24), 7.0),))
-    point = [[12, 24, 24]]
-    with_device = make_segmenter("classic", device="cuda:3")
-    mask = with_device.segment(scan, point)
-    assert np.array_equal(mask, ClassicSegmenter().segment(scan, point))
-    assert dice(mask, scan.label == 1) >= 0.8
 
 
 def test_lung2_tumour_on_chest_wall(lung2, seg):

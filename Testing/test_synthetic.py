@@ -15,7 +15,7 @@ from LinGuinELib.research.synthetic import invert_point, load_truth, make_study,
 
 
 @pytest.fixture(scope="module")
-def small_ct(ct_dir, tmp_path_factory):
+def lung1_files(ct_dir, tmp_path_factory):
     """lung1 block-averaged 2x in-plane (1.14 mm, 256x256x48; the 1.4 mL nodule survives) as NRRD files."""
     folder = tmp_path_factory.mktemp("ct")
     image = sitk.BinShrink(sitk.ReadImage(str(ct_dir / "lung1_image.nrrd")), [2, 2, 1])
@@ -27,15 +27,15 @@ def small_ct(ct_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hard_study(small_ct, tmp_path_factory):
+def hard_study(lung1_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return make_study(*small_ct, out / "hard", n_scans=4, seed=5, difficulty="hard", patient_id="P1")
+    return make_study(*lung1_files, out / "hard", n_scans=4, seed=5, difficulty="hard", patient_id="P1")
 
 
-def test_study_loads_with_native_grid_and_irregular_dates(small_ct, hard_study):
+def test_study_loads_with_native_grid_and_irregular_dates(lung1_files, hard_study):
     study = load_study(hard_study)
     truth = load_truth(hard_study)
-    baseline = sitk.ReadImage(str(small_ct[0]))
+    baseline = sitk.ReadImage(str(lung1_files[0]))
     assert study.patient_id == "P1" and study.scan_ids == ["t0", "t1", "t2", "t3"]
     assert [s["scan_id"] for s in truth["scans"]] == study.scan_ids
     gaps = np.diff([s.date.toordinal() for s in study])
@@ -67,8 +67,8 @@ def test_truth_matches_the_written_labels(hard_study):
     assert max(moved) > 3.0  # the follow-ups really moved
 
 
-def test_same_seed_same_study_other_seed_differs(small_ct, tmp_path):
-    a, b, c = (load_truth(make_study(*small_ct, tmp_path / name, n_scans=2, seed=seed, difficulty=level))
+def test_same_seed_same_study_other_seed_differs(lung1_files, tmp_path):
+    a, b, c = (load_truth(make_study(*lung1_files, tmp_path / name, n_scans=2, seed=seed, difficulty=level))
                for name, seed, level in (("a", 6, "easy"), ("b", 6, "easy"), ("c", 7, "medium")))
     assert a["scans"] == b["scans"] and len(a["scans"]) == 2
     assert c["scans"][1]["lesions"]["1"]["centre_lps"] != a["scans"][1]["lesions"]["1"]["centre_lps"]
@@ -83,31 +83,31 @@ def test_invert_point_solves_a_known_transform():
     assert np.allclose(invert_point(tx, y, y), x, atol=1e-3)
 
 
-def test_bad_inputs_are_named(small_ct, tmp_path):
+def test_bad_inputs_are_named(lung1_files, tmp_path):
     with pytest.raises(InputError, match="difficulty"):
-        make_study(*small_ct, tmp_path / "x", difficulty="extreme")
-    empty = sitk.ReadImage(str(small_ct[1])) * 0
+        make_study(*lung1_files, tmp_path / "x", difficulty="extreme")
+    empty = sitk.ReadImage(str(lung1_files[1])) * 0
     sitk.WriteImage(empty, str(tmp_path / "empty.nrrd"))
     with pytest.raises(InputError, match="empty.nrrd"):
-        make_study(small_ct[0], tmp_path / "empty.nrrd", tmp_path / "y")
+        make_study(lung1_files[0], tmp_path / "empty.nrrd", tmp_path / "y")
     assert not (tmp_path / "y").exists()
 
 
-def test_cli_writes_a_study(small_ct, tmp_path, capsys):
-    code = cli_main(["synth", str(small_ct[0]), str(small_ct[1]), "--out", str(tmp_path / "cli"), "--scans", "2",
+def test_cli_writes_a_study(lung1_files, tmp_path, capsys):
+    code = cli_main(["synth", str(lung1_files[0]), str(lung1_files[1]), "--out", str(tmp_path / "cli"), "--scans", "2",
                      "--seed", "1", "--difficulty", "easy"])
     assert code == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "study.csv")
     assert len(load_study(tmp_path / "cli")) == 2
     with open(tmp_path / "cli" / "truth.json") as fh:
         assert json.load(fh)["seed"] == 1
-    assert cli_main(["synth", str(small_ct[0]), str(tmp_path / "missing.nrrd"), "--out", str(tmp_path / "z")]) == 2
+    assert cli_main(["synth", str(lung1_files[0]), str(tmp_path / "missing.nrrd"), "--out", str(tmp_path / "z")]) == 2
 
 
-def test_strong_level_grows_and_shrinks_to_the_extremes(small_ct, tmp_path):
+def test_strong_level_grows_and_shrinks_to_the_extremes(lung1_files, tmp_path):
     """'strong': seed 0 grows the lesion 1.7x in diameter, seed 1 shrinks it 0.6x; the label follows."""
     for seed, factor in ((0, 1.7), (1, 0.6)):
-        truth = load_truth(make_study(*small_ct, tmp_path / f"s{seed}", n_scans=2, seed=seed, difficulty="strong"))
+        truth = load_truth(make_study(*lung1_files, tmp_path / f"s{seed}", n_scans=2, seed=seed, difficulty="strong"))
         first, last = (truth["scans"][t]["lesions"]["1"] for t in (0, 1))
         assert last["growth"] == factor
         assert abs((last["volume_ml"] / first["volume_ml"]) ** (1 / 3) - factor) < 0.15 * factor

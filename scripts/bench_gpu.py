@@ -45,6 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "Testing"))  # random-weight writers (random_weights.py, vista3d_weights.py)
 PUBLISHED_NNINTERACTIVE = {"patch_size": 192, "features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6)}
 TASKS = ("registration", "prompt", "vista3d", "study")
 
@@ -82,24 +83,27 @@ class Run:
 
     @functools.cached_property
     def registration(self):
+        from random_weights import random_gradicon_weights
+
         from LinGuinELib.registration import gradicon
 
-        weights = gradicon.write_random_weights(self.work / "unigradicon.trch")
+        weights = random_gradicon_weights(self.work / "unigradicon.trch")
         return gradicon.UniGradICONRegistration(device=self.device_spec, weights=str(weights), input_size=self.size,
                                                 models=self.models)
 
     @functools.cached_property
     def segmenter(self):
+        from random_weights import random_nninteractive_folder
+
         from LinGuinELib.segmentation import nninteractive as nni
 
-        folder = nni.make_random_model_folder(self.work / "nnInteractive_v1.0",
-                                              **({} if self.small else PUBLISHED_NNINTERACTIVE))
+        folder = random_nninteractive_folder(self.work / "nnInteractive_v1.0",
+                                             **({} if self.small else PUBLISHED_NNINTERACTIVE))
         return nni.NNInteractiveSegmenter(device=self.device_spec, weights=str(folder), autozoom=False,
                                           models=self.models)
 
     @functools.cached_property
     def vista3d(self):
-        sys.path.insert(0, str(REPO / "Testing"))
         from vista3d_weights import write_random_vista3d
 
         from LinGuinELib.segmentation import vista3d

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     print(f"{'study':22s} {'pair':9s} {'lesion':>6s} {'growth':>6s} {'seconds':>8s} {'cpu_s':>8s} {'peak_MB':>8s} "
           f"{'error_mm':>9s} {'no_reg_mm':>9s}", flush=True)
     for csv_path in studies:
-        study = load_study(csv_path, with_labels=False)
+        study = load_study(csv_path).without_labels()
         truth = load_truth(csv_path)
         lesion_ids = sorted(int(k) for k in truth["scans"][0]["lesions"])
         centres = {k: true_centres(truth, k) for k in lesion_ids}

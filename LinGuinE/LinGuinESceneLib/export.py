@@ -31,7 +31,7 @@ class SceneExport:
                algorithm_parameters: dict | None = None) -> ExportReport:
         from pathlib import Path
 
-        from LinGuinELib.core.measure import LESION_COLUMNS
+        from LinGuinELib.frontend.session import SESSION_COLUMNS
         from LinGuinELib.io.atomic import staged_outputs, write_image_atomic
         from LinGuinELib.io.output import label_map_names, write_rows_csv
 
@@ -53,7 +53,7 @@ class SceneExport:
                                        stage / names[scan.scan_id])
                     written.append(names[scan.scan_id])
             if csv:
-                write_rows_csv(session.measurement_rows(), LESION_COLUMNS + ("edit",), stage / "lesions.csv")
+                write_rows_csv(session.measurement_rows(), SESSION_COLUMNS, stage / "lesions.csv")
                 written.append("lesions.csv")
             if dicom_seg:
                 others = [s for s in session.study.scan_ids if s not in dicom_scans]

@@ -95,8 +95,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
-def free_memory(device=None) -> None:
-    """Collect garbage and hand cached CUDA blocks back to the driver (``device`` is informational)."""
+def free_memory() -> None:
+    """Collect garbage and hand cached CUDA blocks back to the driver (torch's caching allocator empties the
+    caches of every GPU at once)."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
@@ -144,7 +145,7 @@ class TorchWorker:
                 raise
             message = _oom_message(exc, self.device, what)
         # Outside the except block the traceback (and the tensors its frames hold) is released.
-        free_memory(self.device)
+        free_memory()
         raise LinGuinEError(message)
 
     def submit(self, fn: Callable, *args, what: str = "running a model", **kwargs) -> Future:

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Content Creator's Name, DICOM person name such as 'Doe^Jane' (default: LinGuinE^)")
 
 
-def read_track_dir(track_dir: Path, study) -> tuple[dict, list, set, dict]:
-    """(label maps by scan id, lesions, manual (lesion_id, scan_id) pairs, backends) from a track output folder."""
+def read_track_dir(track_dir: Path, study) -> tuple[dict, list, dict]:
+    """(label maps by scan id, lesions, backends) from a track output folder (its segments are all
+    semi-automatic: hand edits happen in Slicer, whose export writes DICOM-SEG itself)."""
     from LinGuinELib.core.lesion import Lesion
     from LinGuinELib.io.output import safe_filename
     from LinGuinELib.core.study import load_label_map
@@ -34,7 +35,6 @@ def read_track_dir(track_dir: Path, study) -> tuple[dict, list, set, dict]:
     try:
         summary = json.loads(summary_path.read_text())
         lesions = [Lesion.from_dict(d) for d in summary["lesions"]]
-        manual = {(int(lid), str(sid)) for lid, sid in summary.get("manual", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{summary_path}: not a LinGuinE tracking summary ({exc})") from exc
     names = summary.get("label_maps") or {}
@@ -48,7 +48,7 @@ def read_track_dir(track_dir: Path, study) -> tuple[dict, list, set, dict]:
     if not label_maps:
         raise InputError(f"{track_dir}: holds no label map for any scan of the study ({', '.join(study.scan_ids)})")
     parameters = {k: str(summary[k]) for k in ("registration", "segmentation") if summary.get(k)}
-    return label_maps, lesions, manual, parameters
+    return label_maps, lesions, parameters
 
 
 def run(args) -> int:
@@ -57,9 +57,9 @@ def run(args) -> int:
 
     study = load_study(args.study)
     track_dir = Path(args.track_dir)
-    label_maps, lesions, manual, parameters = read_track_dir(track_dir, study)
+    label_maps, lesions, parameters = read_track_dir(track_dir, study)
     out = Path(args.out) if args.out else track_dir / "dicom-seg"
-    written = export_segs(study, label_maps, lesions, out, manual, log=lambda m: print(m, file=sys.stderr),
+    written = export_segs(study, label_maps, lesions, out, log=lambda m: print(m, file=sys.stderr),
                           content_creator=args.creator, algorithm_parameters=parameters)
     for path in written:
         print(path)

@@ -100,9 +100,18 @@ def percent_changes(volumes: list[float | None]) -> list[tuple[float | None, flo
     return out
 
 
-LESION_COLUMNS = ("lesion_id", "lesion_name", "scan_id", "date", "status", "confidence", "volume_ml", "longest_diameter_mm",
-                  "short_axis_mm", "centre_x", "centre_y", "centre_z", "change_from_baseline_pct",
-                  "change_from_nadir_pct")
+# The lesion-row fields (one row per lesion x scan), in lesions.csv order: key -> (table title, kind), kind
+# "string" or "double" (a number; None when unmeasured). Front ends derive their columns from this.
+LESION_FIELDS = {
+    "lesion_id": ("Lesion id", "string"), "lesion_name": ("Lesion", "string"), "scan_id": ("Timepoint", "string"),
+    "date": ("Date", "string"), "status": ("Status", "string"), "confidence": ("Confidence", "string"),
+    "volume_ml": ("Volume (mL)", "double"), "longest_diameter_mm": ("Longest diameter (mm)", "double"),
+    "short_axis_mm": ("Short axis (mm)", "double"), "centre_x": ("Centre x (LPS mm)", "double"),
+    "centre_y": ("Centre y (LPS mm)", "double"), "centre_z": ("Centre z (LPS mm)", "double"),
+    "change_from_baseline_pct": ("Change from baseline (%)", "double"),
+    "change_from_nadir_pct": ("Change from nadir (%)", "double"),
+}
+LESION_COLUMNS = tuple(LESION_FIELDS)
 
 
 def measurement_rows(result) -> list[dict]:

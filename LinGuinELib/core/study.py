@@ -8,6 +8,7 @@ axes in LPS). A :class:`Study` is one patient's scans sorted by acquisition date
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -328,6 +329,16 @@ class Study:
     def scan(self, scan_id: str) -> Scan:
         return self.scans[self.index(scan_id)]
 
+    def without_labels(self) -> "Study":
+        """A copy whose scans carry no label map (the images are shared, read-only): what a tracker is given
+        when the labels are the truth it is scored against, so no backend can read them."""
+        scans = []
+        for scan in self.scans:
+            array = scan.array.view()
+            array.flags.writeable = False
+            scans.append(dataclasses.replace(scan, array=array, label=None, meta=dict(scan.meta)))
+        return Study(self.patient_id, scans, self.source_path)
+
     def resolve(self, spec: str) -> Scan:
         """A scan from an id, ``first``/``middle``/``last``, or a date (YYYY-MM-DD) held by one scan."""
         if spec in self.scan_ids:
@@ -350,7 +361,7 @@ class Study:
 STUDY_COLUMNS = ("patient_id", "scan_id", "date", "image")
 
 
-def load_study_csv(csv_path: str | os.PathLike, with_labels: bool = True) -> Study:
+def load_study_csv(csv_path: str | os.PathLike) -> Study:
     """Load ``patient_id,scan_id,date,image[,label]`` (paths relative to the csv, one patient)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -373,7 +384,7 @@ def load_study_csv(csv_path: str | os.PathLike, with_labels: bool = True) -> Stu
         image_path = (csv_path.parent / row["image"]).resolve()
         image = read_image(image_path)
         label = label_path = None
-        if with_labels and row.get("label"):
+        if row.get("label"):
             label_path = (csv_path.parent / row["label"]).resolve()
             label = read_image(label_path)
         scans.append(Scan.from_sitk(image, scan_id, date, label, source_path=str(image_path),

@@ -1,43 +1,28 @@
-"""A GUI-free tracking session: the state a front end (the Slicer module) drives, one study at a time.
+"""A GUI-free tracking session: the state a front end (the Slicer module) keeps, one study at a time.
 
-Threading contract: the ``*_job`` methods validate on the caller's (main) thread and return a callable
-that does the heavy work on a worker thread (backend construction, registration, segmentation) and
-touches no session state; the caller applies the callable's result on the main thread with
-:meth:`TrackingSession.merge` or :meth:`TrackingSession.apply_correction`. A cancelled or failed job
-therefore leaves the session unchanged.
-
-Registrations are cached per registration backend for the session's lifetime, so tracking a second
-lesion (or re-tracking one) costs only segmentation. Edited observations -- correction clicks or
-masks edited by hand -- are never overwritten by a later run unless the caller passes
-``overwrite_edits=True`` (after asking the user). Points given by the front end are RAS mm and are
-converted to LPS here.
+The session holds the lesions, their observations on every timepoint and which of them the user edited;
+the tracking itself runs in the engine service (``LinGuinE/LinGuinESceneLib/jobs.py`` submits it and
+applies each result here with :meth:`TrackingSession.merge` or :meth:`TrackingSession.apply_correction`,
+rolling back with :meth:`TrackingSession.checkpoint`/:meth:`TrackingSession.rollback` if applying fails).
+Edited observations -- correction clicks or masks edited by hand -- are never overwritten by a later
+run unless the caller passes ``overwrite_edits=True`` (after asking the user). Points given by the front
+end are RAS mm and are converted to LPS here.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from LinGuinELib.core import coords
-from LinGuinELib.backends import make_registration, make_segmenter
 from LinGuinELib.core.errors import InputError
-from LinGuinELib.frontend.settings import Settings
 from LinGuinELib.core.lesion import Lesion
-from LinGuinELib.core.measure import measurement_rows
-from LinGuinELib.registration.base import RegistrationCache
+from LinGuinELib.core.measure import LESION_COLUMNS, LESION_FIELDS, measurement_rows
 from LinGuinELib.frontend.slicer_bridge import EDIT_CLICKS, EDIT_MANUAL, STATUS_TEXT
 from LinGuinELib.core.study import Study
-from LinGuinELib.core.tracking import FOUND, NOT_FOUND, SOURCE, LesionPrompt, Observation, Tracker, TrackingResult, interior_centre
-
-BackendFactory = Callable[[str, str, dict], object]  # (kind "registration"|"segmentation", name, options)
-
-
-def default_backend_factory(kind: str, name: str, options: dict):
-    return (make_registration if kind == "registration" else make_segmenter)(name, **options)
+from LinGuinELib.core.tracking import FOUND, NOT_FOUND, SOURCE, LesionPrompt, Observation, TrackingResult, interior_centre
 
 
 @dataclass
@@ -51,18 +36,12 @@ class MergeReport:
 class TrackingSession:
     """Lesions, their observations on every timepoint, and which of them the user edited."""
 
-    def __init__(self, study: Study, backend_factory: BackendFactory = default_backend_factory):
+    def __init__(self, study: Study):
         self.study = study
         self.lesions: dict[int, Lesion] = {}
         self.observations: dict[int, dict[str, Observation]] = {}
         self.edits: dict[tuple[int, str], str] = {}
-        self.cancel_event = threading.Event()
-        self._factory = backend_factory
-        self._backends: dict[tuple, object] = {}
-        self._caches: dict[tuple, RegistrationCache] = {}
         self._next_id = 1
-        self._lock = threading.Lock()
-        self._progress: tuple[str, int, int] = ("", 0, 0)
 
     # -- lesions ------------------------------------------------------------------------------
     def next_lesion(self, name: str = "") -> Lesion:
@@ -115,82 +94,6 @@ class TrackingSession:
         if not mask.any():
             raise InputError(f"the prompt segment is empty on timepoint '{scan_id}'")
         return LesionPrompt(lesion, scan_id, mask=mask)
-
-    # -- worker jobs (validated here, run elsewhere) -----------------------------------------------
-    def track_job(self, prompts: list[LesionPrompt], settings: Settings) -> Callable[[], TrackingResult]:
-        """Tracking of ``prompts`` to every timepoint, as a callable for the worker thread."""
-        if not prompts:
-            raise InputError("no lesion prompt given")
-        for prompt in prompts:
-            self.study.scan(prompt.scan_id)
-        self.cancel_event.clear()
-        self._report("starting", 0, 1)
-        return lambda: self._tracker(settings).track(prompts)
-
-    def correction_job(self, lesion_id: int, scan_id: str, positive_ras, negative_ras,
-                       settings: Settings) -> Callable[[], Observation]:
-        """Correction clicks (world RAS mm) re-segmenting one lesion on one timepoint only."""
-        lesion = self.lesion(lesion_id)
-        current = self.observation(lesion_id, scan_id)
-        positive = coords.ras_to_lps(np.asarray(positive_ras, dtype=float).reshape(-1, 3))
-        if len(positive) == 0:
-            raise InputError("place at least one positive correction point on the lesion")
-        negative = None if negative_ras is None else coords.ras_to_lps(np.asarray(negative_ras, float).reshape(-1, 3))
-        negative = negative if negative is not None and len(negative) else None
-        scratch = TrackingResult(self.study, [lesion], {lesion_id: {scan_id: current}})
-        self.cancel_event.clear()
-        self._report(f"{lesion.name}: correcting {scan_id}", 0, 1)
-        return lambda: self._tracker(settings).resegment(scratch, lesion_id, scan_id, positive, negative)
-
-    def retrack_job(self, lesion_id: int, scan_id: str, settings: Settings) -> Callable[[], TrackingResult]:
-        """Track again with this timepoint's current (e.g. corrected) mask as the new source."""
-        obs = self.observation(lesion_id, scan_id)
-        if not obs.found:
-            raise InputError(f"{self.lesions[lesion_id].name} has no segment on '{scan_id}' to re-track from")
-        return self.track_job([LesionPrompt(self.lesions[lesion_id], scan_id, mask=obs.mask.copy())], settings)
-
-    def download_job(self, specs: list, weights: str | None, manager_factory) -> Callable[[], list]:
-        """Download model weights (after the user accepted their licenses) with cancellable progress;
-        ``manager_factory(progress=..., acknowledge=...)`` builds a :class:`~LinGuinELib.backends.models.ModelManager`."""
-        self.cancel_event.clear()
-
-        def progress(message: str, done: int, total: int) -> bool:
-            self._report(message, done, total)
-            return not self.cancel_event.is_set()
-
-        manager = manager_factory(progress=progress, acknowledge=lambda spec: True)
-        return lambda: [manager.ensure(spec.id, weights) for spec in specs]
-
-    def _tracker(self, settings: Settings) -> Tracker:
-        """A tracker with cached backends (built on first use, on the calling worker thread)."""
-        options = settings.options()
-        reg_key = ("registration", settings.registration, tuple(sorted(options.items())))
-        seg_key = ("segmentation", settings.segmentation, tuple(sorted(options.items())))
-        for key in (reg_key, seg_key):
-            if key not in self._backends:
-                self._backends[key] = self._factory(key[0], key[1], dict(options))
-        registration = self._backends[reg_key]
-        if reg_key not in self._caches:
-            self._caches[reg_key] = RegistrationCache(registration)
-        return Tracker(self.study, registration, self._backends[seg_key], progress=self._report,
-                       cancel=self.cancel_event.is_set, cache=self._caches[reg_key], **settings.tracker_options())
-
-    def registrations_computed(self) -> int:
-        return sum(c.computed for c in self._caches.values())
-
-    # -- progress and cancel (thread-safe) ------------------------------------------------------
-    def _report(self, message: str, done: int, total: int) -> None:
-        with self._lock:
-            self._progress = (message, done, total)
-
-    def progress(self) -> tuple[str, int, int]:
-        """The latest (message, steps done, steps total) reported by the running job."""
-        with self._lock:
-            return self._progress
-
-    def request_cancel(self) -> None:
-        """Ask the running job to stop at its next step (it then raises TrackingCancelled)."""
-        self.cancel_event.set()
 
     # -- applying results (main thread) ---------------------------------------------------------
     def checkpoint(self) -> tuple:
@@ -321,20 +224,19 @@ def _same_mask(a, b) -> bool:
 
 
 # -- table and plot data for front ends ------------------------------------------------------------
-MEASUREMENT_COLUMNS = (  # (title, row key, kind)
-    ("Lesion", "lesion_name", "string"), ("Timepoint", "scan_id", "string"), ("Date", "date", "string"),
-    ("Status", "status", "string"), ("Volume (mL)", "volume_ml", "double"),
-    ("Longest diameter (mm)", "longest_diameter_mm", "double"), ("Short axis (mm)", "short_axis_mm", "double"),
-    ("Change from baseline (%)", "change_from_baseline_pct", "double"),
-    ("Change from nadir (%)", "change_from_nadir_pct", "double"), ("Edited", "edit", "string"),
-)
+# The session's measurement rows: the engine's lesion fields plus how the user edited the segment.
+SESSION_FIELDS = {**LESION_FIELDS, "edit": ("Edited", "string")}
+SESSION_COLUMNS = LESION_COLUMNS + ("edit",)  # the exported lesions.csv
+TABLE_COLUMNS = ("lesion_name", "scan_id", "date", "status", "volume_ml", "longest_diameter_mm", "short_axis_mm",
+                 "change_from_baseline_pct", "change_from_nadir_pct", "edit")  # the measurements table shown
 
 
 def measurement_table(rows: list[dict]) -> list[tuple[str, str, list]]:
     """Columns (title, "string"|"double", values) of the measurements table; unmeasured values are NaN
     and statuses are written as the user reads them."""
     columns = []
-    for title, key, kind in MEASUREMENT_COLUMNS:
+    for key in TABLE_COLUMNS:
+        title, kind = SESSION_FIELDS[key]
         if kind == "double":
             values = [math.nan if r.get(key) is None else float(r[key]) for r in rows]
         elif key == "status":

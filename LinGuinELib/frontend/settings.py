@@ -13,8 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from LinGuinELib.backends import (DEFAULT_LESION_CLASS, DEFAULT_REGISTRATION, DEFAULT_SEGMENTATION, REGISTRATIONS,
-                                  SEGMENTERS, VISTA3D_LESION_CLASSES as LESION_CLASSES, make_registration,
-                                  make_segmenter)
+                                  SEGMENTERS, VISTA3D_LESION_CLASSES as LESION_CLASSES, backend_settings,
+                                  make_registration, make_segmenter)
 from LinGuinELib.core.errors import InputError
 
 
@@ -73,15 +73,16 @@ class Settings:
         return dataclasses.asdict(self)
 
     # -- backends ------------------------------------------------------------------------------
-    def options(self) -> dict:
-        """Keyword options for the backend constructors (each backend takes those it accepts)."""
-        return {"device": self.device, "weights": self.weights, "io_steps": self.io_steps, "lesion_class": self.lesion_class}
+    def options(self, kind: str) -> dict:
+        """Keyword options for the chosen ``kind`` ("registration" | "segmentation") backend's constructor:
+        only the settings that backend takes (e.g. no ``device`` for the CPU backends)."""
+        return {name: getattr(self, name) for name in backend_settings(kind, getattr(self, kind))}
 
     def make_registration(self):
-        return make_registration(self.registration, **self.options())
+        return make_registration(self.registration, **self.options("registration"))
 
     def make_segmenter(self):
-        return make_segmenter(self.segmentation, **self.options())
+        return make_segmenter(self.segmentation, **self.options("segmentation"))
 
     def tracker_options(self) -> dict:
         """Keyword options for :class:`~LinGuinELib.core.tracking.Tracker`."""

@@ -9,7 +9,7 @@ from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.study import Study, load_study_csv
 
 
-def load_study(path: str | os.PathLike, with_labels: bool = True) -> Study:
+def load_study(path: str | os.PathLike) -> Study:
     """Load a study from a ``study.csv``, a folder holding one, or a folder of one patient's DICOM series."""
     path = Path(path)
     if path.is_dir() and (path / "study.csv").is_file():
@@ -23,7 +23,7 @@ def load_study(path: str | os.PathLike, with_labels: bool = True) -> Study:
     if path.suffix.lower() == ".dcm" or _is_dicom_file(path):
         raise InputError(f"{path}: a single DICOM file is not a study; give the folder holding the patient's "
                          "DICOM series, or a study.csv")
-    return load_study_csv(path, with_labels=with_labels)
+    return load_study_csv(path)
 
 
 def _is_dicom_file(path: Path) -> bool:

@@ -79,7 +79,3 @@ class RegistrationCache:
 
     def has(self, source_id: str, target_id: str) -> bool:
         return (source_id, target_id) in self._maps
-
-    def clear(self) -> None:
-        with self._lock:
-            self._maps.clear()

@@ -22,7 +22,7 @@ values beyond the grid). A source point therefore goes: LPS -> ``u`` on the sour
 -> ``u`` on the target -> LPS.
 
 Field of view: a zero displacement maps image box to image box. When the two boxes differ (a box corner
-moves by more than ``prealign_tol_mm`` under the box-to-box map) the target is first aligned rigidly to
+moves by more than :data:`PREALIGN_TOL_MM` under the box-to-box map) the target is first aligned rigidly to
 the source (a quick multi-resolution Mattes-MI rigid registration at 4 mm) and resampled through that
 rigid transform onto the source's network grid; the point map then ends with the rigid transform.
 """
@@ -48,6 +48,9 @@ DEFAULT_INPUT_SIZE = 175
 MIN_INPUT_SIZE = 65
 IO_LEARNING_RATE = 2e-5  # icon_registration's default fine-tuning rate
 AIR_HU = -1000.0
+# prealign="auto" aligns the target rigidly first when a box corner moves by more than this (mm) under the
+# box-to-box map; a smaller mismatch is left to the network.
+PREALIGN_TOL_MM = 10.0
 
 
 class NetworkFrame:
@@ -233,27 +236,14 @@ def build_network(input_size: int = DEFAULT_INPUT_SIZE):
     return net.eval()
 
 
-def write_random_weights(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Save a randomly initialised GradICON state dict (the real architecture; its last convolution is zero,
-    so it outputs the identity map) - for offline tests, benchmarks and smoke runs."""
-    torch = import_torch_package("torch", "GradICON")
-    torch.manual_seed(seed)
-    net = build_network(MIN_INPUT_SIZE)  # the weights do not depend on the grid size
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(net.regis_net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
-
-
 class GradICONRegistration(Registration):
     """A GradICON-family network as a :class:`Registration` backend.
 
     Options: ``device`` (auto|cpu|cuda|cuda:N), ``weights`` (local file or folder, else ``$LINGUINE_WEIGHTS``
     or the cache), ``io_steps`` (instance-optimisation Adam steps per pair; the weights are restored
-    afterwards), ``progress`` (download progress callback), ``prealign`` (auto|always|never),
-    ``prealign_tol_mm``, ``input_size`` (network grid, default 175; at least 65), ``models`` (a
+    afterwards), ``progress`` (download progress callback), ``prealign`` (auto|always|never;
+    auto: when the boxes differ by more than :data:`PREALIGN_TOL_MM`), ``input_size`` (network grid, default
+    175; at least 65), ``models`` (a
     :class:`~LinGuinELib.backends.models.ModelManager`), ``worker`` (a :class:`~LinGuinELib.backends.device.TorchWorker`).
     """
 
@@ -263,7 +253,7 @@ class GradICONRegistration(Registration):
     strict_weights = True  # every tensor must match (the lung model: upstream's strict=False)
 
     def __init__(self, device: str = "auto", weights: str | None = None, io_steps: int = 0, progress=None,
-                 prealign: str = "auto", prealign_tol_mm: float = 10.0, input_size: int | None = None,
+                 prealign: str = "auto", input_size: int | None = None,
                  models=None, worker=None):
         if io_steps is None or int(io_steps) < 0:
             raise InputError(f"--io-steps must be 0 or more, got {io_steps}")
@@ -277,7 +267,6 @@ class GradICONRegistration(Registration):
         self.weights = weights
         self.io_steps = int(io_steps)
         self.prealign = prealign
-        self.prealign_tol_mm = float(prealign_tol_mm)
         self.models = models or default_manager(progress)
         self.network = None
         self.last_prealigned = False
@@ -317,7 +306,7 @@ class GradICONRegistration(Registration):
         """One network evaluation -> (source -> target, target -> source) point maps."""
         frame_a = NetworkFrame(source, self.input_size)
         prealign = self.prealign == "always" or (
-            self.prealign == "auto" and box_mismatch_mm(source, target) > self.prealign_tol_mm)
+            self.prealign == "auto" and box_mismatch_mm(source, target) > PREALIGN_TOL_MM)
         if prealign:
             frame_b = NetworkFrame(source, self.input_size, rigid_prealign(source, target))
             hu_b = sitk.GetArrayFromImage(sitk.Resample(

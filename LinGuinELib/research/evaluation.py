@@ -25,7 +25,6 @@ against weeks elapsed (Dice per week).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,23 +89,12 @@ def check_labelled(study: Study) -> None:
                          "on every scan (column 'label')")
 
 
-def unlabelled(study: Study) -> Study:
-    """A copy of ``study`` whose scans carry no label map (the images are shared, read-only), for the tracker:
-    the truth reaches it only as the source prompt, so no backend can read a target's labels."""
-    scans = []
-    for scan in study:
-        array = scan.array.view()
-        array.flags.writeable = False
-        scans.append(dataclasses.replace(scan, array=array, label=None, meta=dict(scan.meta)))
-    return Study(study.patient_id, scans, study.source_path)
-
-
 def evaluate_study(study: Study, registration: Registration, segmenter: Segmenter, source: str = "first",
                    prompt: str = "mask", boost: bool = False, chain: bool = False, radius_mm: float = 10.0,
                    progress: Callable[[str, int, int], None] | None = None) -> StudyEvaluation:
     """Prompt every lesion of the source scan's label, track it to every other scan and score each pair.
 
-    The tracker sees :func:`unlabelled` ``study``; labels serve only to build the source prompt and to score."""
+    The tracker sees ``study.without_labels()``; labels serve only to build the source prompt and to score."""
     if prompt not in PROMPTS:
         raise InputError(f"unknown prompt kind {prompt!r}; choose one of: {', '.join(PROMPTS)}")
     check_labelled(study)
@@ -115,7 +103,7 @@ def evaluate_study(study: Study, registration: Registration, segmenter: Segmente
     if not ids:
         raise InputError(f"{study.source_path or study.patient_id}: the label of source scan '{src.scan_id}' "
                          "holds no lesion")
-    blind = unlabelled(study)
+    blind = study.without_labels()
     tracker = Tracker(blind, registration, segmenter, boost=boost, chain=chain, radius_mm=radius_mm, progress=progress)
     lesions, observations, propagated, seconds = [], {}, {}, 0.0
     try:

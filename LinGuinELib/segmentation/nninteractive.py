@@ -1,6 +1,6 @@
 """nnInteractive (MIC-DKFZ) as a point-prompted segmentation backend.
 
-* One ``nnInteractiveInferenceSession`` per scan (least recently used beyond ``max_sessions`` are
+* One ``nnInteractiveInferenceSession`` per scan (least recently used beyond :data:`MAX_SESSIONS` are
   dropped); they share one loaded network. The image is set once per scan, as raw intensities (HU): the
   session normalises it itself. ``reset_interactions()`` runs before every :meth:`segment` call, i.e.
   between lesions and before a boost re-prompt.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import threading
@@ -36,6 +35,9 @@ from LinGuinELib.core.study import Scan
 from LinGuinELib.segmentation.base import Segmenter
 
 DEFAULT_AUTOZOOM = True
+# Inference sessions kept (one per scan, each holding its preprocessed image: about 4 bytes per voxel); a
+# study of up to this many timepoints is never set up twice.
+MAX_SESSIONS = 8
 CHECKPOINT = "checkpoint_final.pth"
 _log = logging.getLogger(__name__)
 
@@ -68,21 +70,19 @@ class _Entry:
 class NNInteractiveSegmenter(Segmenter):
     """nnInteractive point prompts. Options: ``device``, ``weights`` (model folder, or a folder holding
     ``nninteractive/nnInteractive_v1.0``; else ``$LINGUINE_WEIGHTS`` or the cache), ``progress`` (download
-    callback), ``autozoom`` (nnInteractive's zoom-out/refine loop, default on), ``max_sessions``,
-    ``threads`` (CPU threads for torch), ``models``, ``worker``."""
+    callback), ``autozoom`` (nnInteractive's zoom-out/refine loop, default on), ``models``, ``worker``.
+    Torch runs on every CPU core (``os.cpu_count()``) when it runs on the CPU."""
 
     name = "nninteractive"
     model_id = "nninteractive"
 
     def __init__(self, device: str = "auto", weights: str | None = None, progress=None, autozoom: bool | None = None,
-                 max_sessions: int = 8, threads: int | None = None, models=None, worker=None):
+                 models=None, worker=None):
         self.device = resolve_device(device)
         self.worker = worker or shared_worker(self.device)
         self.weights = weights
         self.models = models or default_manager(progress)
         self.autozoom = DEFAULT_AUTOZOOM if autozoom is None else bool(autozoom)
-        self.max_sessions = max(1, int(max_sessions))
-        self.threads = int(threads or os.cpu_count() or 1)
         self._artifacts = None
         self._sessions: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -100,7 +100,7 @@ class NNInteractiveSegmenter(Segmenter):
 
     def _new_session(self):
         return _session_class()(device=self.device, use_torch_compile=False, verbose=False,
-                                torch_n_threads=self.threads, do_autozoom=self.autozoom, enable_undo=False)
+                                torch_n_threads=os.cpu_count() or 1, do_autozoom=self.autozoom, enable_undo=False)
 
     def _load_folder(self, folder: Path):
         if not (folder / "plans.json").is_file():
@@ -129,7 +129,7 @@ class NNInteractiveSegmenter(Segmenter):
         entry = _Entry(session, scan.array, buffer)
         with self._lock:
             self._sessions[scan.scan_id] = entry
-            while len(self._sessions) > self.max_sessions:
+            while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
         return entry
 
@@ -138,7 +138,7 @@ class NNInteractiveSegmenter(Segmenter):
             dropped = self._sessions.pop(scan_id, None)
         if dropped is not None:
             del dropped
-            free_memory(self.device)
+            free_memory()
 
     @property
     def session_count(self) -> int:
@@ -168,57 +168,3 @@ class NNInteractiveSegmenter(Segmenter):
             self.forget(scan.scan_id)  # its interaction state is unknown now
             raise
 
-
-def make_random_model_folder(folder: str | os.PathLike, patch_size: int = 64,
-                             features: tuple[int, ...] = (8, 16, 32, 32), blocks: tuple[int, ...] | None = None,
-                             seed: int = 0) -> Path:
-    """Write an nnInteractive model folder with a randomly initialised ResidualEncoderUNet (7 prompt channels,
-    as nnInteractive v1.0): for offline tests, benchmarks and smoke runs. The defaults give a small,
-    fast network; ``patch_size=192, features=(32, 64, 128, 256, 320, 320), blocks=(1, 3, 4, 6, 6, 6)`` is
-    the size of the published model (ResEnc-L) and runs at its speed."""
-    torch = import_torch_package("torch", "nninteractive")
-    plans_handler = import_torch_package("nnunetv2.utilities.plans_handling.plans_handler", "nninteractive")
-    trainer = import_torch_package("nnInteractive.trainer.nnInteractiveTrainer", "nninteractive")
-    folder = Path(folder)
-    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    n = len(features)
-    blocks = tuple(blocks or (1,) * n)
-    configuration = {
-        "data_identifier": "random", "preprocessor_name": "DefaultPreprocessor", "batch_size": 1,
-        "patch_size": [patch_size] * 3, "median_image_size_in_voxels": [patch_size] * 3, "spacing": [1.0] * 3,
-        "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
-        "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities_kwargs": {}, "batch_dice": True,
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-            "arch_kwargs": {
-                "n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-                "n_blocks_per_stage": list(blocks), "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
-                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-    }
-    plans = {"dataset_name": "Dataset999_RandomWeights", "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": [1.0] * 3, "original_median_shape_after_transp": [patch_size] * 3,
-             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"3d_fullres": configuration}, "experiment_planner_used": "ExperimentPlanner",
-             "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {
-                 "0": {"mean": 0.0, "std": 1.0, "median": 0.0, "min": -1024.0, "max": 3071.0,
-                       "percentile_00_5": -1000.0, "percentile_99_5": 1000.0}}}
-    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "target": 1}, "numTraining": 0,
-               "file_ending": ".nii.gz"}
-    session_info = {"inference_class": "nnInteractiveInferenceSession", "point_radius": 4,
-                    "preferred_scribble_thickness": [2, 2, 2], "interaction_decay": 0.98}
-    for name, data in (("plans.json", plans), ("dataset.json", dataset), ("inference_session_class.json", session_info)):
-        (folder / name).write_text(json.dumps(data, indent=1), encoding="utf-8")
-    torch.manual_seed(seed)
-    manager = plans_handler.PlansManager(plans)
-    network = trainer.nnInteractiveTrainer_stub.build_network_architecture(
-        manager, manager.get_configuration("3d_fullres"), 1 + 7, 2, enable_deep_supervision=False)
-    checkpoint = {"network_weights": network.state_dict(), "trainer_name": "nnInteractiveTrainer_stub",
-                  "init_args": {"configuration": "3d_fullres"}}
-    torch.save(checkpoint, folder / "fold_0" / CHECKPOINT)
-    return folder

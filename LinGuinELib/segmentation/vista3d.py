@@ -8,7 +8,7 @@
 * Preprocessing (the bundle's ``inference.json``, in its order), with MONAI's dictionary transforms on a
   ``MetaTensor`` built from the scan: ``Spacingd`` 1.5 mm (bilinear), ``CropForegroundd`` (intensity > 0 HU,
   margin 10, allow_smaller), ``ScaleIntensityRanged`` -963.82..1053.68 HU -> 0..1 clipped, ``Orientationd``
-  RAS, float32. It runs once per scan and is cached (least recently used beyond ``max_cached`` dropped).
+  RAS, float32. It runs once per scan and is cached (least recently used beyond :data:`MAX_CACHED` dropped).
 * Axes: the MONAI tensor is ``Scan.array`` transposed to (i, j, k) with the RAS affine
   ``diag(-1, -1, 1, 1) @ scan.index_to_lps``, exactly what MONAI's ITK reader gives for the scan's file.
   A scan voxel (k, j, i) maps to the preprocessed index ``rint(inv(A_pre) @ A_scan @ (i, j, k, 1))``; the
@@ -48,6 +48,7 @@ PATCH_SIZE = (128, 128, 128)
 SPACING_MM = 1.5
 FOREGROUND_MARGIN = 10
 HU_RANGE = (-963.8247715525971, 1053.678477684517)
+MAX_CACHED = 8  # preprocessed scans kept (1.5 mm float32 grids), one per timepoint of a study
 POSITIVE_LABEL, NEGATIVE_LABEL = 3, 2  # Vista3D's point labels for its special (tumour/lesion) classes
 
 
@@ -94,14 +95,14 @@ class _Entry:
 class Vista3DSegmenter(Segmenter):
     """Vista3D point prompts. Options: ``device``, ``weights`` (``model.pt``, or a folder holding
     ``vista3d/models/model.pt`` or ``models/model.pt``; else ``$LINGUINE_WEIGHTS`` or the cache),
-    ``lesion_class`` (lesion|lung|liver), ``progress`` (download callback), ``max_cached`` (preprocessed
-    scans kept), ``models``, ``worker``."""
+    ``lesion_class`` (lesion|lung|liver), ``progress`` (download callback), ``models``,
+    ``worker``."""
 
     name = "vista3d"
     model_id = "vista3d"
 
     def __init__(self, device: str = "auto", weights: str | None = None, lesion_class: str = DEFAULT_LESION_CLASS,
-                 progress=None, max_cached: int = 8, models=None, worker=None):
+                 progress=None, models=None, worker=None):
         if lesion_class not in LESION_CLASSES:
             raise InputError(f"unknown Vista3D lesion class {lesion_class!r}; choose one of: {', '.join(LESION_CLASSES)}")
         self.device = resolve_device(device)
@@ -109,7 +110,6 @@ class Vista3DSegmenter(Segmenter):
         self.weights = weights
         self.lesion_class = lesion_class
         self.models = models or default_manager(progress)
-        self.max_cached = max(1, int(max_cached))
         self._network = None
         self._transform = None
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -145,7 +145,7 @@ class Vista3DSegmenter(Segmenter):
         entry = _Entry(scan.array, self._transform({"image": scan_tensor(scan)})["image"])
         with self._lock:
             self._cache[scan.scan_id] = entry
-            while len(self._cache) > self.max_cached:
+            while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
         return entry
 
@@ -154,7 +154,7 @@ class Vista3DSegmenter(Segmenter):
             dropped = self._cache.pop(scan_id, None)
         if dropped is not None:
             del dropped
-            free_memory(self.device)
+            free_memory()
 
     @property
     def cached_count(self) -> int:

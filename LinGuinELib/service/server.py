@@ -401,7 +401,7 @@ class Engine:
         return job.result
 
     def _backend(self, kind: str, settings: Settings):
-        key = (kind, getattr(settings, kind), tuple(sorted(settings.options().items())))
+        key = (kind, getattr(settings, kind), tuple(sorted(settings.options(kind).items())))
         if key not in self.backends:
             self.backends[key] = settings.make_registration() if kind == "registration" else settings.make_segmenter()
         return key, self.backends[key]
