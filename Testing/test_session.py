@@ -224,3 +224,22 @@ def test_selftest_scenario_tracks_with_the_cpu_backends():
     scratch = TrackingResult(session.study, [a], {a.lesion_id: {scans[1].scan_id: session.observation(a.lesion_id, scans[1].scan_id)}})
     obs = tracker.resegment(scratch, a.lesion_id, scans[1].scan_id, coords.ras_to_lps(timepoints[1]["centre_ras"][None]))
     assert dice(obs.mask, timepoints[1]["truth"]) > 0.7
+
+
+def test_an_uncertain_result_is_returned_and_marked_in_the_status_table(session):
+    """A mask the segmenter is not sure of (confidence "low") is kept and shown as "found (uncertain)" in
+    Slicer's results table; once the user edits it, the cell says so instead."""
+
+    class DoubtfulOnT1(ThresholdSegmenter):
+        def _segment_with_confidence(self, scan, positive, negative):
+            return self._segment(scan, positive, negative), "low" if scan.scan_id == "t1" else "high"
+
+    session.tracker = Tracker(session.study, ShiftRegistration(OFFSETS), DoubtfulOnT1())
+    a = track(session, "Tumour A", "t0", (10, 16, 14))
+    assert dice(session.observation(a.lesion_id, "t1").mask, truth(session, "t1", 1)) > 0.95
+    cells = session.status_rows()[0]["cells"]
+    assert [c["confidence"] for c in cells] == ["high", "low", "high"]
+    assert [c["text"] for c in cells] == ["found (prompt)", "found (uncertain)", "found"]
+    assert [r["confidence"] for r in session.measurement_rows() if r["lesion_id"] == a.lesion_id] == ["high", "low", "high"]
+    session.apply_correction(correct(session, a.lesion_id, "t1", ras(session.study.scan("t1"), (10, 16, 20))))
+    assert session.status_rows()[0]["cells"][1]["text"] == "found (corrected)"
