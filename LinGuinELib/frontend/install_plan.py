@@ -15,7 +15,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Callable
 
-from LinGuinELib.backends import REGISTRATIONS, SEGMENTERS
+from LinGuinELib.backends import backend_entry
 from LinGuinELib.frontend.settings import Settings
 
 # Slicer's own packages (and torch, which the PyTorch extension installs): pip must never replace them.
@@ -32,10 +32,7 @@ APPROX_INSTALLED_MB = {
 
 def backend_module(kind: str, name: str) -> str:
     """The last part of a backend's module name (``sitk``, ``gradicon``, ``nninteractive``...)."""
-    table = REGISTRATIONS if kind == "registration" else SEGMENTERS
-    if name not in table:
-        raise KeyError(f"unknown {kind} backend {name!r}")
-    return table[name][0].rsplit(".", 1)[-1]
+    return backend_entry(kind, name).module.rsplit(".", 1)[-1]
 
 
 def requirement_files(resources: str | Path, registration: str, segmentation: str) -> list[Path]:
