@@ -146,11 +146,11 @@ def main(argv=None) -> int:
         import numpy as np
         floor = at_truth(csvs, segmenter)
         print(f"\nprompted at the true centre ({segmenter.name}; every scan of every study, no registration)")
-        print(f"{'study':<24} {'scans':>5} {'Dice':>6} {'ED mm':>7}")
+        print(f"{'study':<24} {'prompts':>7} {'Dice':>6} {'ED mm':>7}")
         for name in [*dict.fromkeys(r["patient_id"] for r in floor), "ALL"]:
             chosen = [r for r in floor if name in ("ALL", r["patient_id"])]
             eds = [r["ed_mm"] for r in chosen if r["ed_mm"] is not None]
-            print(f"{name:<24} {len(chosen):>5} {np.median([r['dice'] for r in chosen]):>6.3f} "
+            print(f"{name:<24} {len(chosen):>7} {np.median([r['dice'] for r in chosen]):>6.3f} "
                   f"{_f(float(np.median(eds)) if eds else None, '.2f'):>7}")
     print(f"\n{time.perf_counter() - start:.0f} s in all; outputs in {work}", file=sys.stderr)
     return 0
