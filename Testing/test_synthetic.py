@@ -111,3 +111,32 @@ def test_strong_level_grows_and_shrinks_to_the_extremes(lung1_files, tmp_path):
         first, last = (truth["scans"][t]["lesions"]["1"] for t in (0, 1))
         assert last["growth"] == factor
         assert abs((last["volume_ml"] / first["volume_ml"]) ** (1 / 3) - factor) < 0.15 * factor
+
+
+def test_multi_level_holds_a_juxtapleural_and_a_soft_tissue_lesion_beside_the_real_one(lung1_files, tmp_path):
+    """'multi': lesion 2 straddles the pleura (lung air on one side, chest wall near the skin on the other),
+    lesion 3 lies in soft tissue; all three are labelled on the follow-up and grow or shrink to the extremes."""
+    from scipy import ndimage as ndi
+
+    csv = make_study(*lung1_files, tmp_path / "multi", n_scans=2, seed=0, difficulty="multi")
+    truth = load_truth(csv)
+    assert {k: v["kind"] for k, v in truth["baseline_lesions"].items()} == \
+        {"1": "real", "2": "chest wall", "3": "soft tissue"}
+    assert sorted(truth["scans"][1]["lesions"][k]["growth"] for k in "123") == [0.6, 1.7, 1.7]
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "multi" / "t0_image.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "multi" / "t0_label.nii.gz")))
+    follow_up = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "multi" / "t1_label.nii.gz")))
+    assert set(np.unique(follow_up)) == {0, 1, 2, 3}
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    air, _ = ndi.label(image < -500, structure=in_plane)  # per slice: the lungs never touch the border
+    border = np.concatenate([air[:, 0].ravel(), air[:, -1].ravel(), air[:, :, 0].ravel(), air[:, :, -1].ravel()])
+    outside = np.isin(air, border[border > 0])
+    spacing = sitk.ReadImage(str(lung1_files[0])).GetSpacing()[::-1]
+    to_skin = ndi.distance_transform_edt(~outside, sampling=spacing)
+    ring = ndi.binary_dilation(label == 2, iterations=2) & (label == 0)
+    assert (ring & (image < -500) & ~outside).sum() > 20  # lung beside it
+    assert (ring & (image > -100)).sum() > 20  # tissue beside it
+    assert to_skin[label == 2].min() < 35.0  # that tissue is the chest wall, not the mediastinum
+    soft = label == 3
+    assert np.median(image[soft]) > -100 and ((image[ndi.binary_dilation(soft, iterations=2) & ~soft]) < -500).mean() < 0.1

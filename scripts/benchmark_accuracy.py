@@ -9,6 +9,7 @@ other scan; the script prints median Dice, median centre distance (ED, mm) and m
     .venv/bin/python scripts/benchmark_accuracy.py                 # sitk + classic, 2 seeds x 3 levels
     .venv/bin/python scripts/benchmark_accuracy.py --seeds 0 --levels medium --scans 3   # quicker
     .venv/bin/python scripts/benchmark_accuracy.py --inserted 4 --registration identity  # low-contrast lesions
+    .venv/bin/python scripts/benchmark_accuracy.py --levels multi --at-truth   # + the segmenter's own ED floor
 """
 
 from __future__ import annotations
@@ -66,6 +67,28 @@ def inserted_studies(ct_dir, out_dir, n: int, seed: int) -> list[Path]:
     return out
 
 
+def at_truth(csvs, segmenter, radius_mm: float = 10.0) -> list[dict]:
+    """Per (study, scan, lesion) of synthetic studies: Dice and ED of the segmenter prompted at the lesion's
+    true centre (``truth.json``), i.e. tracking without registration error: the segmentation's own floor."""
+    import numpy as np
+    from LinGuinELib.core.tracking import select_component
+    from LinGuinELib.research.evaluation import centre_distance_mm, dice
+    from LinGuinELib.research.synthetic import load_truth
+    rows = []
+    for path in csvs:
+        study, truth = load_study_csv(path), load_truth(path)
+        for entry in truth["scans"]:
+            scan = study.scan(entry["scan_id"])
+            for lesion_id, info in entry["lesions"].items():
+                point, true_mask = np.array(info["centre_lps"]), scan.label == int(lesion_id)
+                mask = select_component(segmenter.segment(scan, np.array([scan.nearest_voxel(point)])), point, scan,
+                                        radius_mm)
+                rows.append({"patient_id": study.patient_id, "scan": scan.scan_id, "lesion_id": int(lesion_id),
+                             "dice": dice(mask, true_mask), "ed_mm": centre_distance_mm(mask, true_mask, scan)})
+            segmenter.forget(scan.scan_id)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ct-dir", default=os.environ.get("LINGUINE_CT_DIR", str(REPO.parent / "shared" / "data" / "ct")))
@@ -82,6 +105,9 @@ def main(argv=None) -> int:
                    help="instead, N studies per CT of one low-contrast soft-tissue lesion (10-50 mm, +-20-60 HU) "
                         "inserted into the same real scan and shrinking 1 -> 0.75 -> 0.5 (anatomy fixed: use "
                         "--registration identity to score the segmenter alone)")
+    p.add_argument("--at-truth", action="store_true",
+                   help="also prompt the segmenter at each lesion's true centre on every scan (synthetic truth: no "
+                        "registration error) and print its median Dice and ED per study: the segmentation's floor")
     args = p.parse_args(argv)
 
     work = Path(args.work)
@@ -116,6 +142,16 @@ def main(argv=None) -> int:
         all_rows += rows
     if len(args.sources) > 1:
         print_table("both sources", {"ALL": all_rows})
+    if args.at_truth and not args.inserted:
+        import numpy as np
+        floor = at_truth(csvs, segmenter)
+        print(f"\nprompted at the true centre ({segmenter.name}; every scan of every study, no registration)")
+        print(f"{'study':<24} {'prompts':>7} {'Dice':>6} {'ED mm':>7}")
+        for name in [*dict.fromkeys(r["patient_id"] for r in floor), "ALL"]:
+            chosen = [r for r in floor if name in ("ALL", r["patient_id"])]
+            eds = [r["ed_mm"] for r in chosen if r["ed_mm"] is not None]
+            print(f"{name:<24} {len(chosen):>7} {np.median([r['dice'] for r in chosen]):>6.3f} "
+                  f"{_f(float(np.median(eds)) if eds else None, '.2f'):>7}")
     print(f"\n{time.perf_counter() - start:.0f} s in all; outputs in {work}", file=sys.stderr)
     return 0
 

@@ -5,12 +5,12 @@ ITK's resampling convention, ``warped_target(x) = target(T(x))`` for a source po
 source LPS points straight onto the target anatomy they show, with no inversion, and the point map
 agrees with the image warp by construction (both apply the same ``T``).
 
-Pipeline, on intensities clamped to ``window`` HU and block-averaged to ~5 and ~2.5 mm in-plane:
+Pipeline, on intensities clamped to ``WINDOW_HU`` and block-averaged to ~5, ~2.5 and ~1.25 mm in-plane:
 
 1. initialisation: the best (Mattes mutual information) of scanner coordinates, body-mask centre of
    mass, and in-plane centre of mass with scanner z - robust to shifted origins and cropped targets;
 2. rigid (Euler) then affine, Mattes MI on the source body mask, ~10 -> ~5 mm;
-3. deformable: fast-symmetric-forces (or diffeomorphic) demons at ~5, ~2.5 then ~1.25 mm in-plane
+3. deformable: fast-symmetric-forces demons at ~5, ~2.5 then ~1.25 mm in-plane
    (never finer than native), over the source body's bounding box only. Where the target
    has no data (different field of view) the moving image is filled with the source itself, so those
    voxels exert no force and the field there is interpolated by the regulariser.
@@ -32,13 +32,19 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LinGuinELib.core import cancel, coords
-from LinGuinELib.core.errors import InputError, LinGuinEError, TrackingCancelled
+from LinGuinELib.core.errors import LinGuinEError, TrackingCancelled
 from LinGuinELib.core.study import Scan
 from LinGuinELib.registration.base import PointMap, Registration, as_points
 
 _OUTSIDE = -5000.0  # sentinel for "no target data here" (below any windowed intensity)
 _BODY_HU = -500.0
 MIN_SHARED_BODY = 0.2  # fraction of the source body the aligned target must cover
+WINDOW_HU = (-1000.0, 500.0)  # intensity clamp before every stage (lung to dense bone)
+DEMONS_SPACING_MM = (5.0, 2.5, 1.25)  # in-plane grid spacing of the demons levels, coarse to fine
+DEMONS_ITERATIONS = (60, 30, 20)  # demons iterations per level (always all of them)
+DEMONS_SMOOTHING_MM = 4.0  # Gaussian regularisation (standard deviation) of the displacement field
+DEMONS_THRESHOLD_HU = 25.0  # intensity differences below this exert no demons force (CT noise)
+METRIC_SEED = 1  # seed of Mattes MI's random sampling in the linear stages
 
 
 def _body_points(mask: sitk.Image) -> np.ndarray:
@@ -85,36 +91,25 @@ def _check_cancel() -> None:
         raise TrackingCancelled("tracking cancelled by the user")
 
 
-class SitkRegistration(Registration):
-    """Rigid -> affine -> demons registration on the CPU.
+@contextlib.contextmanager
+def _one_thread():
+    """SimpleITK's default thread count set to 1 inside the block."""
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
-    Options: ``deformable`` ("demons" = fast symmetric forces, "diffeomorphic", or "none" for affine
-    only); ``spacing_mm`` the in-plane grid spacings of the demons levels, coarse to fine;
-    ``iterations`` demons iterations per level; ``smoothing_mm`` Gaussian regularisation of the
-    displacement field (one value, or one per level); ``threshold_hu`` intensity differences below which
-    a voxel exerts no demons force (keeps CT noise from driving the field); ``window`` the HU clamp;
-    ``threads`` SimpleITK threads for the demons stage (None = all cores; the result does not depend
-    on it); ``seed`` for the metric's random sampling.
-    """
+
+class SitkRegistration(Registration):
+    """Rigid -> affine -> demons registration on the CPU; its parameters are the module constants
+    above (measured in ``scripts/bench_registration.py``). SimpleITK's global thread count applies; the
+    result does not depend on it."""
 
     name = "sitk"
 
-    def __init__(self, deformable: str = "demons", spacing_mm=(5.0, 2.5, 1.25), iterations=(60, 30, 20),
-                 smoothing_mm=4.0, threshold_hu: float = 25.0, window=(-1000.0, 500.0), threads: int | None = None,
-                 seed: int = 1):
-        if deformable not in ("demons", "diffeomorphic", "none"):
-            raise InputError(f"sitk registration: unknown deformable={deformable!r}; use demons, diffeomorphic or none")
-        smoothing = np.broadcast_to(np.asarray(smoothing_mm, dtype=float), (len(spacing_mm),))
-        if len(spacing_mm) != len(iterations) or not spacing_mm:
-            raise InputError("sitk registration: give one iteration count per demons level (spacing_mm)")
-        self.deformable = deformable
-        self.spacing_mm = tuple(float(s) for s in spacing_mm)
-        self.iterations = tuple(int(n) for n in iterations)
-        self.smoothing_mm = tuple(float(v) for v in smoothing)
-        self.window = (float(window[0]), float(window[1]))
-        self.threads = threads
-        self.seed = int(seed)
-        self.threshold_hu = float(threshold_hu)
+    def __init__(self):
         self._pyramids: dict[str, tuple[np.ndarray, dict[float, sitk.Image]]] = {}
 
     # ---- preprocessing -------------------------------------------------------------------------
@@ -127,7 +122,7 @@ class SitkRegistration(Registration):
             cache = {}
             self._pyramids[scan.scan_id] = (scan.array, cache)
         if spacing_mm not in cache:
-            image = sitk.Clamp(scan.to_sitk(), sitk.sitkFloat32, *self.window)
+            image = sitk.Clamp(scan.to_sitk(), sitk.sitkFloat32, *WINDOW_HU)
             factors = [max(1, int(round(spacing_mm / s))) for s in scan.spacing]
             cache[spacing_mm] = sitk.BinShrink(image, factors) if max(factors) > 1 else image
         return cache[spacing_mm]
@@ -153,7 +148,7 @@ class SitkRegistration(Registration):
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.25, self.seed)
+        reg.SetMetricSamplingPercentage(0.25, METRIC_SEED)
         reg.SetMetricFixedMask(fixed_mask)
         reg.SetInterpolator(sitk.sitkLinear)
         return reg
@@ -200,7 +195,10 @@ class SitkRegistration(Registration):
             reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
             reg.SetInitialTransform(tx, inPlace=True)
             reg.AddCommand(sitk.sitkIterationEvent, lambda reg=reg: reg.StopRegistration() if cancel.requested() else None)
-            reg.Execute(fixed, moving)
+            try:
+                reg.Execute(fixed, moving)
+            finally:
+                reg.RemoveAllCommands()  # the command holds its filter: a cycle Python cannot free
             _check_cancel()
         return affine
 
@@ -220,7 +218,7 @@ class SitkRegistration(Registration):
         """Multi-level demons displacement field on the finest source level's grid (fixed = source),
         restricted to the LPS box ``box_lps`` (2, 3) around the source body."""
         field = None
-        for spacing, iterations, sigma in zip(self.spacing_mm, self.iterations, self.smoothing_mm):
+        for spacing, iterations in zip(DEMONS_SPACING_MM, DEMONS_ITERATIONS):
             fixed = _crop_to_box(self._level(source, spacing), box_lps)
             moving, _ = self._aligned(fixed, self._level(target, spacing), affine)
             if field is None:
@@ -228,15 +226,17 @@ class SitkRegistration(Registration):
                 field.CopyInformation(fixed)
             else:
                 field = sitk.Resample(field, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-            demons = (sitk.DiffeomorphicDemonsRegistrationFilter() if self.deformable == "diffeomorphic"
-                      else sitk.FastSymmetricForcesDemonsRegistrationFilter())
+            demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
             demons.SetNumberOfIterations(iterations)
             demons.SetMaximumRMSError(0.0)  # always run every iteration: no halt on a thread-summed RMS
-            demons.SetIntensityDifferenceThreshold(max(self.threshold_hu, 1e-3))  # ITK default: 1e-3
-            demons.SetStandardDeviations([sigma / s for s in fixed.GetSpacing()])
+            demons.SetIntensityDifferenceThreshold(DEMONS_THRESHOLD_HU)
+            demons.SetStandardDeviations([DEMONS_SMOOTHING_MM / s for s in fixed.GetSpacing()])
             demons.AddCommand(sitk.sitkIterationEvent,
                               lambda demons=demons: demons.StopRegistration() if cancel.requested() else None)
-            field = demons.Execute(fixed, moving, field)
+            try:
+                field = demons.Execute(fixed, moving, field)
+            finally:
+                demons.RemoveAllCommands()  # else the filter and its buffers leak (~100 MB per run)
             _check_cancel()
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(field))):
             raise LinGuinEError("the demons displacement field diverged")
@@ -246,21 +246,21 @@ class SitkRegistration(Registration):
     def register(self, source: Scan, target: Scan) -> PointMap:
         """Source -> target map of LPS points (fixed = source, moving = target; no inversion)."""
         try:
-            with self._threads():
-                fixed, moving = self._level(source, self.spacing_mm[0]), self._level(target, self.spacing_mm[0])
-                fixed_body, moving_body = self._body(fixed), self._body(moving)
-                body = _body_points(fixed_body)
-                if len(body) == 0:
-                    raise LinGuinEError("no body (nothing above -500 HU) in the source scan")
-                with self._threads(1):  # Mattes MI adds per-thread histograms in arrival order: 1 thread is exact
-                    affine = self._linear(fixed, moving, fixed_body, moving_body, body)
-                _, outside = self._aligned(fixed, moving, affine)
-                shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
-                if shared < MIN_SHARED_BODY:
-                    raise LinGuinEError(f"after alignment only {shared:.0%} of the source body lies inside the target")
-                margin = 2 * np.array(fixed.GetSpacing())
-                box = np.array([body.min(axis=0) - margin, body.max(axis=0) + margin])
-                field = None if self.deformable == "none" else self._demons(source, target, affine, box)
+            coarsest = DEMONS_SPACING_MM[0]
+            fixed, moving = self._level(source, coarsest), self._level(target, coarsest)
+            fixed_body, moving_body = self._body(fixed), self._body(moving)
+            body = _body_points(fixed_body)
+            if len(body) == 0:
+                raise LinGuinEError("no body (nothing above -500 HU) in the source scan")
+            with _one_thread():  # Mattes MI adds per-thread histograms in arrival order: 1 thread is exact
+                affine = self._linear(fixed, moving, fixed_body, moving_body, body)
+            _, outside = self._aligned(fixed, moving, affine)
+            shared = 1.0 - outside[sitk.GetArrayViewFromImage(fixed_body) > 0].mean()
+            if shared < MIN_SHARED_BODY:
+                raise LinGuinEError(f"after alignment only {shared:.0%} of the source body lies inside the target")
+            margin = 2 * np.array(fixed.GetSpacing())
+            box = np.array([body.min(axis=0) - margin, body.max(axis=0) + margin])
+            field = self._demons(source, target, affine, box)
         except TrackingCancelled:
             raise
         except (RuntimeError, LinGuinEError) as exc:
@@ -269,20 +269,5 @@ class SitkRegistration(Registration):
                                 f"failed: {detail}") from exc
         transform = sitk.CompositeTransform(3)
         transform.AddTransform(affine)
-        if field is not None:
-            transform.AddTransform(sitk.DisplacementFieldTransform(field))  # applied first: x + d(x)
+        transform.AddTransform(sitk.DisplacementFieldTransform(field))  # applied first: x + d(x)
         return TransformPointMap(transform)
-
-    @contextlib.contextmanager
-    def _threads(self, count: int | None = None):
-        """SimpleITK's default thread count set to ``count`` (default: ``threads``) inside the block."""
-        count = self.threads if count is None else count
-        if count is None:
-            yield
-            return
-        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
-        try:
-            yield
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)

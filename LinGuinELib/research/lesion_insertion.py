@@ -1,7 +1,8 @@
 """Semi-synthetic low-contrast lesions inserted into the real soft tissue of a CT, with known masks.
 
 A lesion (ellipsoid, or an irregular blob: an ellipsoid whose radius varies smoothly with direction)
-replaces the tissue at a soft-tissue site (mediastinum, chest wall, liver dome, ...) by a uniform value
+replaces the tissue at a soft-tissue site (mediastinum, chest wall, liver dome, ...) or, juxtapleural,
+straddles the pleura between lung and chest wall, by a uniform value
 ``contrast_hu`` above or below the local tissue (median HU of the soft tissue in a 5 mm shell around it).
 The scan's own noise and texture are kept: inside the lesion the image becomes
 ``value + (image - smoothed image)``. The edge is blurred like the scanner: partial volume across the
@@ -29,6 +30,8 @@ from LinGuinELib.io.atomic import atomic_write, staged_outputs
 
 SOFT_TISSUE_HU = (-30.0, 130.0)  # muscle, liver, blood, nodes, non-enhanced organs
 PSF_SIGMA_MM = 0.5  # in-plane point-spread function of a soft-tissue kernel (FWHM ~1.2 mm)
+LUNG_HU = -500.0  # below: air (lung, outside the body); above: the body's tissue
+CHEST_WALL_MM = 40.0  # tissue this close to the skin is chest wall (the mediastinum lies deeper)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,47 @@ def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Gener
         return []
     chosen = []
     for idx in rng.permutation(len(cand)):  # spread the sites at least a diameter apart
+        p = cand[idx] * step
+        if all(np.linalg.norm((p - q) * sp) > 2 * radius_mm + 10.0 for q in chosen):
+            chosen.append(p)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def chest_wall_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Generator,
+                     exclude: np.ndarray | None = None) -> list[np.ndarray]:
+    """Up to ``n`` (k, j, i) sites for a juxtapleural lesion: in the lung, about ``radius_mm / 2`` from
+    the chest wall (the body's tissue within CHEST_WALL_MM of the skin, not the mediastinum), so a
+    lesion of that radius straddles the pleura; at least ``radius_mm + 3`` mm inside the scan's box,
+    away from ``exclude`` like :func:`soft_tissue_sites`; chosen at random, spread apart."""
+    sp = scan.spacing_kji
+    step = np.maximum(np.round(1.5 / sp).astype(int), 1)
+    csp = sp * step
+    coarse = ndi.median_filter(scan.array[::step[0], ::step[1], ::step[2]].astype(np.float32), size=(1, 3, 3))
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    tissue, count = ndi.label(coarse > LUNG_HU)
+    if not count:
+        return []
+    tissue = tissue == np.argmax(np.bincount(tissue.ravel())[1:]) + 1  # the body's tissue
+    body = ndi.binary_fill_holes(tissue, structure=in_plane)
+    lung = ndi.binary_fill_holes(body & ~tissue, structure=in_plane)  # lung with its vessels
+    skin_depth = ndi.distance_transform_edt(body, sampling=csp)
+    depth, nearest = ndi.distance_transform_edt(lung, sampling=csp, return_indices=True)
+    wall = skin_depth[tuple(nearest)] <= CHEST_WALL_MM  # the nearest non-lung voxel is chest wall
+    ok = lung & wall & (np.abs(depth - 0.5 * radius_mm) <= 0.75 * csp.max())
+    margin = np.ceil((radius_mm + 3.0) / csp).astype(int)
+    for axis, m in enumerate(margin):
+        index = [slice(None)] * 3
+        index[axis] = np.r_[0:m, ok.shape[axis] - m:ok.shape[axis]]
+        ok[tuple(index)] = False
+    if exclude is not None and exclude.any():
+        away = ndi.distance_transform_edt(~exclude[::step[0], ::step[1], ::step[2]], sampling=csp)
+        ok &= away > radius_mm + 15.0
+    cand = np.argwhere(ok)
+    chosen = []
+    for idx in rng.permutation(len(cand)):
         p = cand[idx] * step
         if all(np.linalg.norm((p - q) * sp) > 2 * radius_mm + 10.0 for q in chosen):
             chosen.append(p)

@@ -15,6 +15,10 @@ anatomy (the resampling direction). It is built from
   inside the grown lesion to 0 far away, so the grown lesion is stretched tumour and a shrinking lesion
   pulls surrounding tissue in. ``c`` is a fixed point of ``G_t``.
 
+Levels with ``inserted`` lesions first add them to the baseline beside the real ones
+(:mod:`LinGuinELib.research.lesion_insertion`): one juxtapleural, straddling the lung and the chest wall,
+then soft-tissue ones; each grows or shrinks like a real one.
+
 For speed that composite is sampled once on a 2.5 mm grid covering the follow-up's field of view, and
 ``T_t`` *is* the resulting ``DisplacementFieldTransform`` (trilinear): the image (linear) and label map
 (nearest) are resampled through exactly this transform, and the truth is computed from it. Then CT noise
@@ -53,6 +57,7 @@ class Difficulty:
     noise_hu: float  # standard deviation of added white noise
     crop_slices: tuple[int, int]  # slices cropped at each end (min, max)
     growth_extremes: bool = False  # final factors are the ends of ``growth`` (alternating per lesion and seed)
+    inserted: int = 0  # lesions inserted into the baseline beside the real ones: one at the chest wall, then soft tissue
 
 
 LEVELS = {
@@ -60,7 +65,9 @@ LEVELS = {
     "medium": Difficulty(6.0, 2.0, 4.0, (0.65, 1.45), 12.0, (1, 3)),
     "hard": Difficulty(10.0, 3.0, 6.0, (0.5, 1.7), 18.0, (1, 4)),
     "strong": Difficulty(6.0, 2.0, 4.0, (0.6, 1.7), 12.0, (1, 3), growth_extremes=True),
+    "multi": Difficulty(6.0, 2.0, 4.0, (0.6, 1.7), 12.0, (2, 6), growth_extremes=True, inserted=2),
 }
+INSERTED_DIAMETER_MM = (12.0, 24.0)  # range of the inserted lesions' baseline diameters (log-uniform)
 
 BSPLINE_SPACING_MM = 60.0
 DEFORM_GRID_MM = 8.0
@@ -282,6 +289,33 @@ def _follow_up(rng, level: Difficulty, image, label, lesions: dict, growth: dict
     return out_image, out_label, crop, truth, extra
 
 
+def _insert_lesions(image: sitk.Image, label: sitk.Image, count: int, rng) -> tuple[sitk.Image, sitk.Image, dict]:
+    """The baseline with ``count`` lesions inserted (label ids after the real ones): the first straddles
+    the pleura (:func:`chest_wall_sites`), the others lie in soft tissue; returns (image, label, lesion
+    id -> "chest wall" | "soft tissue")."""
+    from LinGuinELib.research.lesion_insertion import LesionShape, chest_wall_sites, insert_lesion, soft_tissue_sites
+
+    scan = Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label)
+    labels = scan.label.copy()
+    kinds = {}
+    for n in range(count):
+        diameter = float(np.exp(rng.uniform(*np.log(INSERTED_DIAMETER_MM))))
+        kind = "chest wall" if n == 0 else "soft tissue"
+        finder = chest_wall_sites if n == 0 else soft_tissue_sites
+        sites = finder(scan, 0.5 * diameter, 1, rng, exclude=labels > 0)
+        if not sites:
+            raise LinGuinEError(f"no {kind} site for a {diameter:.0f} mm lesion away from the others in this CT")
+        contrast = float(rng.uniform(30.0, 60.0) if n == 0 else rng.uniform(20.0, 60.0) * rng.choice([-1.0, 1.0]))
+        scan, mask = insert_lesion(scan, sites[0], LesionShape(diameter, contrast, ("ellipsoid", "blob")[n % 2],
+                                                               int(rng.integers(1 << 30))))
+        lesion_id = int(labels.max()) + 1
+        labels[mask & (labels == 0)] = lesion_id
+        kinds[lesion_id] = kind
+    out_label = sitk.GetImageFromArray(labels.astype(sitk.GetArrayViewFromImage(label).dtype))
+    out_label.CopyInformation(label)
+    return scan.to_sitk(), out_label, kinds
+
+
 def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0, difficulty: str = "medium",
                patient_id: str | None = None) -> Path:
     """Write a ``n_scans``-scan study (``study.csv``, ``truth.json``, ``<scan>_image/label.nii.gz``)
@@ -300,7 +334,13 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
     if not label_array.any():
         raise InputError(f"{label_path}: the label map holds no lesion")
     image = sitk.Cast(image, sitk.sitkInt16)
-    label = sitk.Cast(label, sitk.sitkUInt16 if label_array.max() > 255 else sitk.sitkUInt8)
+    label = sitk.Cast(label, sitk.sitkUInt16 if label_array.max() + level.inserted > 255 else sitk.sitkUInt8)
+    kinds = {int(k): "real" for k in np.unique(label_array) if k > 0}
+    if level.inserted:  # its own random stream: the other levels' studies stay as they were
+        image, label, added = _insert_lesions(image, label, level.inserted,
+                                              np.random.default_rng([seed, sum(map(ord, image_path.name)), 17]))
+        kinds.update(added)
+        label_array = sitk.GetArrayFromImage(label)
     lesions = _lesion_geometry(Scan.from_sitk(image, "t0", dt.datetime(2000, 1, 1), label))
     lesion_k = tuple(int(k) for k in np.nonzero(label_array.any(axis=(1, 2)))[0][[0, -1]])
     body = np.argwhere(sitk.GetArrayViewFromImage(image)[::2, ::4, ::4] > -400)[:, 1:] * 4
@@ -343,7 +383,8 @@ def make_study(image_path, label_path, out_dir, n_scans: int = 4, seed: int = 0,
         truth = {"generator": "LinGuinELib.research.synthetic", "source_image": str(image_path), "source_label": str(label_path),
                  "seed": seed, "difficulty": difficulty, "parameters": asdict(level), "patient_id": patient_id,
                  "baseline_lesions": {str(k): {"radius_mm": v["radius_mm"], "extent_mm": v["extent_mm"],
-                                               "final_growth": final_growth[k]} for k, v in lesions.items()},
+                                               "final_growth": final_growth[k], "kind": kinds[k]}
+                                      for k, v in lesions.items()},
                  "convention": "LPS mm. centre_lps: true lesion centre = preimage under the follow-up's transform of "
                                "the baseline interior centre; centroid_lps: same for the baseline label centroid; "
                                "label_centroid_lps: centroid of the written label map",
