@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 
 from LinGuinELib.core.errors import InputError
 from LinGuinELib.core.measure import dice
+from LinGuinELib.segmentation import classic
 from LinGuinELib.segmentation.classic import ClassicSegmenter
 from LinGuinELib.core.study import Scan, read_image
 
@@ -94,10 +95,11 @@ def test_clicks_in_air_beside_tissue_give_no_large_mask(lung2, seg):
         assert seg.segment(lung2, np.array([point])).sum() * ml < 5.0, point
 
 
-def test_result_never_exceeds_the_cap(lung2):
+def test_result_never_exceeds_the_cap(lung2, monkeypatch):
     """Whatever is clicked (tumour, heart, tissue beside the tumour), the mask stays within
-    max_radius_mm (+2 mm, whole voxels) of the click, even for a tumour larger than that."""
-    capped = ClassicSegmenter(max_radius_mm=25.0)
+    MAX_RADIUS_MM (+2 mm, whole voxels) of the click, even for a tumour larger than that."""
+    monkeypatch.setattr(classic, "MAX_RADIUS_MM", 25.0)
+    capped = ClassicSegmenter()
     sp = lung2.spacing_kji
     ref = lung2.label > 0
     centre = interior_centre(ref, sp)

@@ -4,7 +4,8 @@ For each lesion (as scanned, and shrunk/grown by a radial resampling around its 
 ``--synthetic LEVEL``, on the follow-ups of LinGuinELib.research.synthetic studies) the backend is seeded at
 the lesion's interior centre (maximum of the spacing-aware distance transform) and at points
 shifted by 3 and 6 mm in random 3-D directions. Prints Dice, seconds per call and whether each seed
-lies in the lesion, medians per lesion and overall, and peak RSS.
+lies in the lesion, then per lesion and overall the median Dice, the found rate (seeds inside) and the
+median seconds per call, and peak RSS.
 
     .venv/bin/python scripts/bench_segmentation.py [--backend classic] [--ct-dir ../shared/data/ct]
     .venv/bin/python scripts/bench_segmentation.py --inserted 6   # low-contrast soft-tissue lesions
@@ -28,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from LinGuinELib.backends import make_segmenter  # noqa: E402
 from LinGuinELib.core.study import Scan, read_image  # noqa: E402
 from LinGuinELib.io.load import load_study
-from LinGuinELib.research.lesion_insertion import (LesionShape, insert_lesion, lesion_shapes, resample,  # noqa: E402
-                                                   size_class, soft_tissue_sites)
+from LinGuinELib.research.lesion_insertion import (insert_lesion, lesion_shapes, place_lesions, resample,  # noqa: E402
+                                                   size_class)
 from LinGuinELib.research.synthetic import make_study  # noqa: E402
 
 
@@ -112,10 +113,7 @@ def inserted_lesions(args, rng):
     for case in args.cases:
         scan = Scan.from_sitk(read_image(ct / f"{case}_image.nrrd"), case, dt.datetime(2020, 1, 1),
                               read_image(ct / f"{case}_label.nrrd"))
-        shapes = lesion_shapes(rng, args.inserted)
-        sites = soft_tissue_sites(scan, 0.5 * max(s.diameter_mm for s in shapes), len(shapes), rng,
-                                  exclude=scan.label > 0)
-        for shape, site in zip(shapes, sites):
+        for shape, site in place_lesions(scan, lesion_shapes(rng, args.inserted), rng, exclude=scan.label > 0):
             half = int(np.ceil((0.8 * shape.diameter_mm + 20.0) / scan.spacing_kji[0]))
             k0 = max(int(site[0]) - half, 0)
             sub = Scan(f"{case}-crop", scan.array[k0:int(site[0]) + half + 1],
@@ -201,14 +199,14 @@ def main(argv=None) -> int:
                 seconds = time.perf_counter() - t0
                 inside = bool(ref[seed])
                 d = dice(mask, ref)
-                rows.append((lesion, shift, inside, d, seconds))
+                rows.append((lesion, shift, inside, d, seconds, bool((mask & ref).any())))
                 print(f"{lesion:<14} {shift:5.1f} {str(seed):>16} {'y' if inside else 'n':>3} {d:6.3f} "
                       f"{mask.sum() / ref.sum():7.2f} {seconds:5.2f}", flush=True)
 
-    print("\nmedian Dice (seeds inside the lesion; seeds outside in brackets)")
+    print("\nmedian Dice (seeds inside the lesion; seeds outside in brackets); found = mask touches the lesion")
     names = list(dict.fromkeys(r[0] for r in rows))
     shifts = sorted({r[1] for r in rows})
-    print(f"{'lesion':<14} " + " ".join(f"{f'{s:g} mm':>14}" for s in shifts) + f" {'all inside':>11}")
+    print(f"{'lesion':<14} " + " ".join(f"{f'{s:g} mm':>14}" for s in shifts) + f" {'all inside':>11} {'found':>6} {'s/call':>6}")
     for lesion in names + ["ALL"]:
         cells = []
         for s in shifts:
@@ -217,8 +215,10 @@ def main(argv=None) -> int:
             out = [r[3] for r in sel if not r[2]]
             cells.append(f"{np.median(ins) if ins else float('nan'):.3f}/{len(ins)}"
                          + (f" ({np.median(out):.2f}/{len(out)})" if out else ""))
-        every = [r[3] for r in rows if (lesion == "ALL" or r[0] == lesion) and r[2]]
-        print(f"{lesion:<14} " + " ".join(f"{c:>14}" for c in cells) + f" {np.median(every):11.3f}")
+        every = [r for r in rows if (lesion == "ALL" or r[0] == lesion) and r[2]]
+        secs = [r[4] for r in rows if lesion == "ALL" or r[0] == lesion]
+        print(f"{lesion:<14} " + " ".join(f"{c:>14}" for c in cells) + f" {np.median([r[3] for r in every]):11.3f} "
+              f"{100 * np.mean([r[5] for r in every]):5.0f}% {np.median(secs):6.2f}")
     inside = [r[3] for r in rows if r[2]]
     print(f"\ninside seeds: {len(inside)}, Dice < 0.5: {sum(d < 0.5 for d in inside)}; "
           f"median over all inside seeds {np.median(inside):.3f}")

@@ -15,10 +15,13 @@ other scan; the script prints median Dice, median centre distance (ED, mm) and m
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -26,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from LinGuinELib.backends import make_registration, make_segmenter  # noqa: E402
 from LinGuinELib.research.evaluation import evaluate_study, summarise, write_evaluation  # noqa: E402
 from LinGuinELib.core.study import load_study_csv  # noqa: E402
-from LinGuinELib.research.lesion_insertion import lesion_shapes, make_inserted_study, soft_tissue_sites  # noqa: E402
+from LinGuinELib.research.lesion_insertion import lesion_shapes, make_inserted_study, place_lesions, size_class  # noqa: E402
 from LinGuinELib.research.synthetic import LEVELS, make_benchmark_studies  # noqa: E402
 from LinGuinELib.core.study import Scan, read_image  # noqa: E402
 
@@ -35,36 +38,39 @@ def _f(value, spec=".3f"):
     return "-" if value is None else format(value, spec)
 
 
-def print_table(title: str, groups: dict[str, list[dict]]) -> None:
+def print_table(title: str, groups: dict[str, list[dict]], seg_seconds: dict[tuple[str, str], float]) -> None:
+    """One line per group of pair rows; ``seg_seconds``: segmentation seconds per pair (one call) of each
+    (patient_id, source scan) evaluation."""
     print(f"\n{title}")
-    print(f"{'study':<24} {'pairs':>5} {'Dice':>6} {'ED mm':>7} {'ED undef':>8} {'prop mm':>8} {'inside':>6} "
-          f"{'Dice/wk':>8}")
+    print(f"{'study':<24} {'pairs':>5} {'found':>6} {'Dice':>6} {'ED mm':>7} {'ED undef':>8} {'prop mm':>8} "
+          f"{'inside':>6} {'Dice/wk':>8} {'s/seg':>6}")
     for name, rows in groups.items():
         s = summarise(rows)
         undef = None if s["ed_undefined_fraction"] is None else 100 * s["ed_undefined_fraction"]
         inside = None if s["point_in_lesion_fraction"] is None else 100 * s["point_in_lesion_fraction"]
-        print(f"{name:<24} {s['n_pairs']:>5} {_f(s['median_dice']):>6} {_f(s['median_ed_mm'], '.2f'):>7} "
-              f"{_f(undef, '.0f'):>7}% {_f(s['median_propagation_error_mm'], '.2f'):>8} {_f(inside, '.0f'):>5}% "
-              f"{_f(s['dice_slope_per_week'], '+.4f'):>8}")
+        present = [r for r in rows if r["truth"] == "present"]
+        found = 100 * sum(r["outcome"] == "found" for r in present) / len(present) if present else None
+        seconds = float(np.mean([seg_seconds[r["patient_id"], r["source_scan"]] for r in rows])) if rows else None
+        print(f"{name:<24} {s['n_pairs']:>5} {_f(found, '.0f'):>5}% {_f(s['median_dice']):>6} "
+              f"{_f(s['median_ed_mm'], '.2f'):>7} {_f(undef, '.0f'):>7}% {_f(s['median_propagation_error_mm'], '.2f'):>8} "
+              f"{_f(inside, '.0f'):>5}% {_f(s['dice_slope_per_week'], '+.4f'):>8} {_f(seconds, '.2f'):>6}")
 
 
-def inserted_studies(ct_dir, out_dir, n: int, seed: int) -> list[Path]:
-    """``n`` shrinking inserted-lesion studies per CT (LinGuinELib.research.lesion_insertion), cached."""
-    import datetime as dt
-    import numpy as np
-    rng, out = np.random.default_rng(seed), []
+def inserted_studies(ct_dir, out_dir, n: int, seed: int) -> tuple[list[Path], dict[str, str]]:
+    """(``n`` shrinking inserted-lesion studies per CT (LinGuinELib.research.lesion_insertion), cached;
+    {patient_id: lesion class, e.g. "medium-blob"} by the first scan's diameter)."""
+    rng, out, classes = np.random.default_rng(seed), [], {}
     for image in sorted(Path(ct_dir).glob("*_image.nrrd")):
         name = image.name[: -len("_image.nrrd")]
         scan = Scan.from_sitk(read_image(image), name, dt.datetime(2020, 1, 1),
                               read_image(image.with_name(f"{name}_label.nrrd")))
-        shapes = lesion_shapes(rng, n)
-        sites = soft_tissue_sites(scan, 0.5 * max(s.diameter_mm for s in shapes), n, rng, exclude=scan.label > 0)
-        for m, (shape, site) in enumerate(zip(shapes, sites)):
-            target = Path(out_dir) / f"{name}-inserted{m}-s{seed}"
+        for m, (shape, site) in enumerate(place_lesions(scan, lesion_shapes(rng, n), rng, exclude=scan.label > 0)):
+            target = Path(out_dir) / f"{name}-lesion{m}-s{seed}"
             if not (target / "study.csv").is_file():
                 make_inserted_study(scan, target, shape, site, scales=(1.0, 0.75, 0.5), patient_id=target.name)
             out.append(target / "study.csv")
-    return out
+            classes[target.name] = f"{size_class(shape.diameter_mm)}-{shape.kind}"
+    return out, classes
 
 
 def at_truth(csvs, segmenter, radius_mm: float = 10.0) -> list[dict]:
@@ -113,12 +119,12 @@ def main(argv=None) -> int:
     work = Path(args.work)
     start = time.perf_counter()
     print(f"making (or reusing) the studies in {work / 'studies'} ...", file=sys.stderr)
-    csvs = inserted_studies(args.ct_dir, work / "inserted", args.inserted, args.seeds[0]) if args.inserted else \
-        make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
-                               n_scans=args.scans)
+    csvs, classes = inserted_studies(args.ct_dir, work / "inserted", args.inserted, args.seeds[0]) if args.inserted \
+        else (make_benchmark_studies(args.ct_dir, work / "studies", seeds=args.seeds, levels=args.levels,
+                                     n_scans=args.scans), {})
     print(f"{len(csvs)} studies ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     registration, segmenter = make_registration(args.registration), make_segmenter(args.segmentation)
-    all_rows = []
+    all_rows, seg_seconds = [], {}
     for source in args.sources:
         rows = []
         for path in csvs:
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             ev = evaluate_study(study, registration, segmenter, source=source, prompt=args.prompt, boost=args.boost)
             rows += ev.rows
+            seg_seconds[study.patient_id, ev.source_id] = ev.result.stats["seconds"]["segmentation"] / max(len(ev.rows), 1)
             s = summarise(ev.rows)
             print(f"[{source}] {study.patient_id}: Dice {_f(s['median_dice'])}, ED {_f(s['median_ed_mm'], '.2f')} mm, "
                   f"prop {_f(s['median_propagation_error_mm'], '.2f')} mm ({time.perf_counter() - t0:.0f} s)",
@@ -137,11 +144,14 @@ def main(argv=None) -> int:
         for name in sorted({pid.split("-")[0] for pid in groups}):
             if sum(pid.split("-")[0] == name for pid in groups) > 1:
                 groups[f"all {name}"] = [r for r in rows if r["patient_id"].split("-")[0] == name]
+        for name in sorted(set(classes.values())):
+            groups[f"class {name}"] = [r for r in rows if classes.get(r["patient_id"]) == name]
         groups["ALL"] = rows
-        print_table(f"source = {source} scan ({registration.name} + {segmenter.name}, {args.prompt} prompt)", groups)
+        print_table(f"source = {source} scan ({registration.name} + {segmenter.name}, {args.prompt} prompt)", groups,
+                    seg_seconds)
         all_rows += rows
     if len(args.sources) > 1:
-        print_table("both sources", {"ALL": all_rows})
+        print_table("both sources", {"ALL": all_rows}, seg_seconds)
     if args.at_truth and not args.inserted:
         import numpy as np
         floor = at_truth(csvs, segmenter)

@@ -51,7 +51,8 @@ class LesionShape:
         axes /= np.prod(axes) ** (1 / 3)  # same volume as the sphere of diameter_mm
         rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
         local = directions @ rot
-        r = 0.5 * self.diameter_mm * scale / np.sqrt(((local / axes) ** 2).sum(1))
+        with np.errstate(divide="ignore"):  # the centre itself (zero direction) gets an infinite radius
+            r = 0.5 * self.diameter_mm * scale / np.sqrt(((local / axes) ** 2).sum(1))
         if self.kind == "blob":
             lobes = rng.normal(size=(5, 3))
             lobes /= np.linalg.norm(lobes, axis=1, keepdims=True)
@@ -158,6 +159,23 @@ def chest_wall_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Genera
         if len(chosen) == n:
             break
     return chosen
+
+
+def place_lesions(scan: Scan, shapes: list[LesionShape], rng: np.random.Generator,
+                  exclude: np.ndarray | None = None) -> list[tuple[LesionShape, np.ndarray]]:
+    """[(shape, (k, j, i) site)]: each shape at a soft-tissue site deep enough for its own size
+    (:func:`soft_tissue_sites`), away from ``exclude`` and from the shapes placed before it; a shape
+    for which no site is left is skipped."""
+    taken = np.zeros(scan.shape, dtype=bool) if exclude is None else exclude.copy()
+    grids = np.ogrid[tuple(slice(0, n) for n in scan.shape)]
+    placed = []
+    for shape in shapes:
+        sites = soft_tissue_sites(scan, 0.5 * shape.diameter_mm, 1, rng, exclude=taken)
+        if sites:
+            placed.append((shape, sites[0]))
+            taken |= sum(((g - c) * s) ** 2 for g, c, s in zip(grids, sites[0], scan.spacing_kji)) \
+                <= (0.5 * shape.diameter_mm) ** 2
+    return placed
 
 
 def insert_lesion(scan: Scan, centre_kji, shape: LesionShape, scale: float = 1.0,

@@ -19,10 +19,11 @@ segmented on its own and the results are united:
 6. Steps 3-5 run again from the result's interior centre (twice at most), so the result barely
    depends on where in the lesion the point fell; the last result that passes step 5's test and
    still reaches the seed is returned.
-7. Steps 3-6 are the lung path (the surroundings the rays meet include air). Elsewhere, and where the
-   lung path finds nothing (a low-contrast lesion beside lung), a maximally stable region around the
-   seed, cut at half its contrast, is returned (:func:`_stable_region`) with a confidence: "low" when
-   it barely stands out of the noise. Nothing stable and bounded: empty mask (e.g. a lesion gone).
+7. Steps 3-6 are the lung path, taken only where the surroundings the rays meet include air. In
+   soft tissue, and where the lung path finds nothing (a low-contrast lesion beside lung), a maximally
+   stable region around the seed, cut at half its contrast, is returned (:func:`_stable_region`) with
+   a confidence: "low" when it barely stands out of the noise or is only fairly stable. Nothing
+   stable and bounded: empty mask (e.g. a lesion gone).
 """
 
 from __future__ import annotations
@@ -36,23 +37,20 @@ from LinGuinELib.core.study import Scan
 from LinGuinELib.segmentation.base import HIGH, LOW, Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
+SEED_REACH_MM = 1.5  # a soft-tissue seed is taken to lie in the nearest region within this distance (noise)
+RIM_REACH_MM = 3.0  # a soft-tissue seed with no stable region retries from the extremes within this distance
+
+
+MAX_RADIUS_MM = 50.0  # largest lesion radius looked for: rays stop there, the mask stays within +-(this + 2) mm
+N_RAYS = 256  # rays cast from the seed to estimate the intensity window and the radius
+MIN_EDGE_FRACTION = 0.7  # share of a lung-path mask's boundary that must be an image edge, not a cap
 
 
 class ClassicSegmenter(Segmenter):
-    """Ray-estimated intensity window + leak control + morphology; see the module docstring.
-
-    ``max_radius_mm``: the largest lesion radius looked for: rays stop there and the mask stays in
-    the box of +- (max_radius_mm + 2) mm around the point. ``n_rays``: rays cast to estimate the
-    window and radius. ``min_edge_fraction``: share of the mask's boundary that must be an image
-    edge (or pleura, or a negative point's share) rather than a cap.
-    """
+    """Ray-estimated intensity window + leak control + morphology; see the module docstring. It has
+    no options: its limits are the module constants above, read at each call."""
 
     name = "classic"
-
-    def __init__(self, max_radius_mm: float = 50.0, n_rays: int = 256, min_edge_fraction: float = 0.7):
-        self.max_radius_mm = float(max_radius_mm)
-        self.n_rays = int(n_rays)
-        self.min_edge_fraction = float(min_edge_fraction)
 
     def _segment(self, scan: Scan, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
         """Union of the lesions found under each positive point (each segmented on its own)."""
@@ -72,21 +70,23 @@ class ClassicSegmenter(Segmenter):
     def _one(self, scan: Scan, point: np.ndarray, negative: np.ndarray):
         """(box slices, mask within box) for one positive voxel, or None if nothing lesion-like."""
         sp = scan.spacing_kji
-        lo, hi = _box(point[None], self.max_radius_mm + 2.0, sp, scan.shape)
+        lo, hi = _box(point[None], MAX_RADIUS_MM + 2.0, sp, scan.shape)
         crop = ndi.gaussian_filter(scan.array[_sl(lo, hi)].astype(np.float32), sigma=_smoothing(sp), mode="nearest")
         negs = negative - lo
         negs = negs[np.all((negs >= 0) & (negs < crop.shape), axis=1)]
         seed = _relocate(crop, point - lo, sp)
         if seed is None:
             return None
-        lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)[2]
-        found = self._lung(scan, crop, lo, seed, negs)
-        if found is None or not lung:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
-            stable = _stable_region(crop, seed, negs, sp, self.max_radius_mm)
-            if stable is None and not lung:
-                found = None  # without air around, nothing stable stands out: no lesion (e.g. it disappeared)
-            elif stable is not None and (found is None or stable[1] == HIGH):
-                found = stable  # without air around, a sure stable region wins over the ray window
+        lung = _window_and_radius(crop, seed, sp, MAX_RADIUS_MM, N_RAYS)[2]
+        found = self._lung(scan, crop, lo, seed, negs) if lung else None
+        if found is None:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
+            found = _stable_region(crop, seed, negs, sp, MAX_RADIUS_MM)
+        if found is None:  # a seed on a lesion's partial-volume rim: from the darkest / brightest voxel near it
+            for alt in _extremes_near(crop, seed, sp, RIM_REACH_MM):
+                again = _stable_region(crop, alt, negs, sp, MAX_RADIUS_MM)
+                if again is not None and again[0][tuple(seed)]:  # still the lesion under the point
+                    found = (again[0], LOW)
+                    break
         return None if found is None else (_sl(lo, hi), found[0], found[1])
 
     def _lung(self, scan, crop, lo, seed, negs):
@@ -112,7 +112,7 @@ class ClassicSegmenter(Segmenter):
         # The last pass whose boundary is mostly an image edge (not a cap) and that still reaches the
         # seed (within 2 mm: a rim seed may sit just outside); none: nothing lesion-like is there.
         near_seed = _dist_from(seed0, crop.shape, sp) <= 2.0
-        seen = [region for region, edge in passes if edge >= self.min_edge_fraction and (region & near_seed).any()]
+        seen = [region for region, edge in passes if edge >= MIN_EDGE_FRACTION and (region & near_seed).any()]
         return (seen[-1], HIGH) if seen else None
 
     def _grow(self, scan, crop, crop_lo, seed, negs):
@@ -120,10 +120,10 @@ class ClassicSegmenter(Segmenter):
         ``negs`` (crop indices; ``crop`` is the smoothed ``scan.array`` from index ``crop_lo``), or
         None if nothing bounded is there."""
         sp = scan.spacing_kji
-        window, radius, lung = _window_and_radius(crop, seed, sp, self.max_radius_mm, self.n_rays)
+        window, radius, lung = _window_and_radius(crop, seed, sp, MAX_RADIUS_MM, N_RAYS)
         if window is None:
             return None
-        cap = min(2.0 * radius + 2.0, self.max_radius_mm)
+        cap = min(2.0 * radius + 2.0, MAX_RADIUS_MM)
         lo, hi = _box(seed[None], cap + 1.0, sp, crop.shape)
         sub, seed = crop[_sl(lo, hi)], seed - lo
         bounded = (sub >= window[0]) & (sub <= window[1])  # False where the lesion must end
@@ -388,8 +388,10 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
 
     Low-contrast path (no air around the seed): a maximally stable region. On ``crop`` smoothed to
     about 1 mm and sampled on a ~1 mm grid, the seed's component of ``|I - core| < delta`` is taken for
-    ``delta`` from 5 to 150 HU (geometric steps); a lesion is the range of ``delta`` over which that
-    component stays bounded (clear of the ``max_radius`` ball's surface) and changes least in volume.
+    ``delta`` from 5 to 150 HU (geometric steps; the component is cut at necks under 3 voxels,
+    :func:`_thick_component`); a lesion is the range of ``delta`` over which that component stays
+    bounded (clear of the ``max_radius`` ball's surface) and changes least in volume: by at most half
+    across neighbouring levels, else there is no lesion.
     Its contrast C = median of a 1.5-4 mm shell outside it minus the core; the mask is the seed's
     component within C / 2 of the core at full resolution (the half-way edge of a blurred step),
     split from negative points, opened and hole-filled. None if nothing stable and bounded stands at
@@ -403,24 +405,28 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     lo, hi = _ball_box(cseed, 2.0, csp, coarse.shape)
     core = float(np.median(coarse[_sl(lo, hi)]))
     noise = 1.4826 * float(np.median(np.abs(fine - ndi.median_filter(fine, size=3))))  # smoothed-image SD
-    inside_ball = _dist_from(cseed, coarse.shape, csp) < max_radius
+    from_seed = _dist_from(cseed, coarse.shape, csp)
+    inside_ball = from_seed < max_radius
     deviation = np.abs(coarse - core)
     deltas = np.geomspace(5.0, 150.0, n_levels)
     volumes = np.full(n_levels, np.inf)
     regions = [None] * n_levels
     for n, delta in enumerate(deltas):
-        comp = _component_at(deviation < delta, cseed)
-        if not comp.any() or (comp & ~inside_ball).any():
+        comp = _thick_component(deviation < delta, from_seed, csp)
+        if comp is None:  # the seed's own value is off the core by more than delta (noise): next level
+            volumes[n] = 0.0
+            continue
+        if (comp & ~inside_ball).any():
             break  # unbounded from here on
         volumes[n], regions[n] = comp.sum(), comp
     best, best_score = None, np.inf
     for n in range(1, n_levels - 1):
-        if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0:
+        if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0 or regions[n] is None:
             continue
-        score = (volumes[n + 1] - volumes[n - 1]) / volumes[n]
+        score = abs(volumes[n + 1] - volumes[n - 1]) / volumes[n]
         if score < best_score:
             best, best_score = n, score
-    if best is None:
+    if best is None or best_score > 0.5:  # nothing keeps its volume within half across neighbouring levels
         return None
     region = regions[best]
     dist_out = ndi.distance_transform_edt(~region, sampling=csp)
@@ -442,3 +448,38 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
         return None
     sure = abs(contrast) >= 5.0 * noise and best_score <= 0.3
     return mask, HIGH if sure else LOW
+
+
+def _extremes_near(crop, seed, sp, reach_mm):
+    """(k, j, i) of the darkest and of the brightest voxel of ``crop`` (smoothed to ~1 mm) within
+    ``reach_mm`` of ``seed``: the core of a hypo- or hyperdense lesion whose rim the seed is on."""
+    lo, hi = _ball_box(seed, reach_mm, sp, crop.shape)
+    patch = ndi.gaussian_filter(crop[_sl(lo, hi)], sigma=np.where(sp < 2.0, 1.0 / sp, 0.0), mode="nearest")
+    ball = _dist_from(seed - lo, patch.shape, sp) <= reach_mm
+    return [np.asarray(np.unravel_index(np.argmin(np.where(ball, sign * patch, np.inf)), patch.shape)) + lo
+            for sign in (1.0, -1.0)]
+
+
+def _thick_component(mask, from_seed, sp, reach_mm=SEED_REACH_MM):
+    """The seed's component of ``mask`` (on a ~1 mm grid) without what joins it only through necks
+    under 3 voxels thick, or None if ``mask`` has no voxel within ``reach_mm`` of the seed
+    (``from_seed``: distance map, mm; the nearest such voxel stands for the seed).
+
+    One erosion (in-plane only across slices thicker than 2 mm) cuts the 1-2 voxel shells of partial
+    volume between a brighter and a darker tissue, whose in-between values would otherwise join a
+    lesion to everything along that interface; the eroded part nearest the seed is dilated back
+    inside the component. A component too thin to survive the erosion is kept whole.
+    """
+    near = (from_seed <= reach_mm) & mask
+    if not near.any():
+        return None
+    labels, _ = ndi.label(mask)
+    comp = labels == labels[near][np.argmin(from_seed[near])]
+    structure = ndi.generate_binary_structure(3, 1)
+    if sp[0] > 2.0:
+        structure[0] = structure[2] = False
+    labels, count = ndi.label(ndi.binary_erosion(comp, structure))
+    if not count:
+        return comp
+    inner = labels > 0
+    return ndi.binary_dilation(labels == labels[inner][np.argmin(from_seed[inner])], structure) & comp
