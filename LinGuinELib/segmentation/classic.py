@@ -38,7 +38,6 @@ from LinGuinELib.segmentation.base import HIGH, LOW, Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
 SEED_REACH_MM = 1.5  # a soft-tissue seed is taken to lie in the nearest region within this distance (noise)
-RIM_REACH_MM = 3.0  # a soft-tissue seed with no stable region retries from the extremes within this distance
 
 
 MAX_RADIUS_MM = 50.0  # largest lesion radius looked for: rays stop there, the mask stays within +-(this + 2) mm
@@ -81,12 +80,6 @@ class ClassicSegmenter(Segmenter):
         found = self._lung(scan, crop, lo, seed, negs) if lung else None
         if found is None:  # soft tissue, or a low-contrast lesion beside lung that the lung path misses
             found = _stable_region(crop, seed, negs, sp, MAX_RADIUS_MM)
-        if found is None:  # a seed on a lesion's partial-volume rim: from the darkest / brightest voxel near it
-            for alt in _extremes_near(crop, seed, sp, RIM_REACH_MM):
-                again = _stable_region(crop, alt, negs, sp, MAX_RADIUS_MM)
-                if again is not None and again[0][tuple(seed)]:  # still the lesion under the point
-                    found = (again[0], LOW)
-                    break
         return None if found is None else (_sl(lo, hi), found[0], found[1])
 
     def _lung(self, scan, crop, lo, seed, negs):
@@ -448,16 +441,6 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
         return None
     sure = abs(contrast) >= 5.0 * noise and best_score <= 0.3
     return mask, HIGH if sure else LOW
-
-
-def _extremes_near(crop, seed, sp, reach_mm):
-    """(k, j, i) of the darkest and of the brightest voxel of ``crop`` (smoothed to ~1 mm) within
-    ``reach_mm`` of ``seed``: the core of a hypo- or hyperdense lesion whose rim the seed is on."""
-    lo, hi = _ball_box(seed, reach_mm, sp, crop.shape)
-    patch = ndi.gaussian_filter(crop[_sl(lo, hi)], sigma=np.where(sp < 2.0, 1.0 / sp, 0.0), mode="nearest")
-    ball = _dist_from(seed - lo, patch.shape, sp) <= reach_mm
-    return [np.asarray(np.unravel_index(np.argmin(np.where(ball, sign * patch, np.inf)), patch.shape)) + lo
-            for sign in (1.0, -1.0)]
 
 
 def _thick_component(mask, from_seed, sp, reach_mm=SEED_REACH_MM):
