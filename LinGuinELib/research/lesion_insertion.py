@@ -88,22 +88,24 @@ def _gauss_axes(image: sitk.Image, sigma_xyz) -> sitk.Image:
     return out
 
 
-def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Generator,
-                      exclude: np.ndarray | None = None) -> list[np.ndarray]:
-    """Up to ``n`` (k, j, i) sites at least ``0.6 * radius_mm + 2`` mm deep in soft tissue (median-filtered
-    HU in SOFT_TISSUE_HU), away from ``exclude`` (bool mask, e.g. a real lesion), chosen at random."""
-    sp = scan.spacing_kji
-    step = np.maximum(np.round(1.5 / sp).astype(int), 1)
-    coarse = scan.array[::step[0], ::step[1], ::step[2]].astype(np.float32)
-    tissue = ndi.median_filter(coarse, size=(1, 3, 3))
-    tissue = (tissue >= SOFT_TISSUE_HU[0]) & (tissue <= SOFT_TISSUE_HU[1])
-    csp = sp * step
-    depth = ndi.distance_transform_edt(tissue, sampling=csp)
+def _coarse_step(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel step per axis for a ~1.5 mm working grid, that grid's spacing in mm), both [k, j, i]."""
+    step = np.maximum(np.round(1.5 / scan.spacing_kji).astype(int), 1)
+    return step, scan.spacing_kji * step
+
+
+def _pick_sites(scan: Scan, ok: np.ndarray, step: np.ndarray, radius_mm: float, n: int,
+                rng: np.random.Generator, exclude: np.ndarray | None) -> list[np.ndarray]:
+    """Up to ``n`` (k, j, i) sites of the full grid drawn at random from ``ok`` (a bool mask on the coarse
+    grid of ``step``): at least ``radius_mm + 3`` mm inside the scan's box, more than ``radius_mm + 15`` mm
+    from ``exclude`` (a full-grid bool mask) and spread at least a diameter + 10 mm apart."""
+    sp, csp = scan.spacing_kji, scan.spacing_kji * step
+    ok = ok.copy()
     margin = np.ceil((radius_mm + 3.0) / csp).astype(int)  # the whole lesion stays inside the scan
-    depth[:margin[0]], depth[-margin[0]:] = 0, 0
-    depth[:, :margin[1]], depth[:, -margin[1]:] = 0, 0
-    depth[:, :, :margin[2]], depth[:, :, -margin[2]:] = 0, 0
-    ok = depth >= 0.6 * radius_mm + 2.0
+    for axis, m in enumerate(margin):
+        index = [slice(None)] * 3
+        index[axis] = np.r_[0:m, ok.shape[axis] - m:ok.shape[axis]]
+        ok[tuple(index)] = False
     if exclude is not None and exclude.any():
         away = ndi.distance_transform_edt(~exclude[::step[0], ::step[1], ::step[2]], sampling=csp)
         ok &= away > radius_mm + 15.0
@@ -111,7 +113,7 @@ def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Gener
     if not len(cand):
         return []
     chosen = []
-    for idx in rng.permutation(len(cand)):  # spread the sites at least a diameter apart
+    for idx in rng.permutation(len(cand)):
         p = cand[idx] * step
         if all(np.linalg.norm((p - q) * sp) > 2 * radius_mm + 10.0 for q in chosen):
             chosen.append(p)
@@ -120,15 +122,24 @@ def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Gener
     return chosen
 
 
+def soft_tissue_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Generator,
+                      exclude: np.ndarray | None = None) -> list[np.ndarray]:
+    """Up to ``n`` (k, j, i) sites at least ``0.6 * radius_mm + 2`` mm deep in soft tissue (median-filtered
+    HU in SOFT_TISSUE_HU), away from ``exclude`` (bool mask, e.g. a real lesion), chosen at random
+    (:func:`_pick_sites`)."""
+    step, csp = _coarse_step(scan)
+    tissue = ndi.median_filter(scan.array[::step[0], ::step[1], ::step[2]].astype(np.float32), size=(1, 3, 3))
+    tissue = (tissue >= SOFT_TISSUE_HU[0]) & (tissue <= SOFT_TISSUE_HU[1])
+    depth = ndi.distance_transform_edt(tissue, sampling=csp)
+    return _pick_sites(scan, depth >= 0.6 * radius_mm + 2.0, step, radius_mm, n, rng, exclude)
+
+
 def chest_wall_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Generator,
                      exclude: np.ndarray | None = None) -> list[np.ndarray]:
     """Up to ``n`` (k, j, i) sites for a juxtapleural lesion: in the lung, about ``radius_mm / 2`` from
     the chest wall (the body's tissue within CHEST_WALL_MM of the skin, not the mediastinum), so a
-    lesion of that radius straddles the pleura; at least ``radius_mm + 3`` mm inside the scan's box,
-    away from ``exclude`` like :func:`soft_tissue_sites`; chosen at random, spread apart."""
-    sp = scan.spacing_kji
-    step = np.maximum(np.round(1.5 / sp).astype(int), 1)
-    csp = sp * step
+    lesion of that radius straddles the pleura; placed like :func:`soft_tissue_sites`."""
+    step, csp = _coarse_step(scan)
     coarse = ndi.median_filter(scan.array[::step[0], ::step[1], ::step[2]].astype(np.float32), size=(1, 3, 3))
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)
@@ -142,23 +153,7 @@ def chest_wall_sites(scan: Scan, radius_mm: float, n: int, rng: np.random.Genera
     depth, nearest = ndi.distance_transform_edt(lung, sampling=csp, return_indices=True)
     wall = skin_depth[tuple(nearest)] <= CHEST_WALL_MM  # the nearest non-lung voxel is chest wall
     ok = lung & wall & (np.abs(depth - 0.5 * radius_mm) <= 0.75 * csp.max())
-    margin = np.ceil((radius_mm + 3.0) / csp).astype(int)
-    for axis, m in enumerate(margin):
-        index = [slice(None)] * 3
-        index[axis] = np.r_[0:m, ok.shape[axis] - m:ok.shape[axis]]
-        ok[tuple(index)] = False
-    if exclude is not None and exclude.any():
-        away = ndi.distance_transform_edt(~exclude[::step[0], ::step[1], ::step[2]], sampling=csp)
-        ok &= away > radius_mm + 15.0
-    cand = np.argwhere(ok)
-    chosen = []
-    for idx in rng.permutation(len(cand)):
-        p = cand[idx] * step
-        if all(np.linalg.norm((p - q) * sp) > 2 * radius_mm + 10.0 for q in chosen):
-            chosen.append(p)
-        if len(chosen) == n:
-            break
-    return chosen
+    return _pick_sites(scan, ok, step, radius_mm, n, rng, exclude)
 
 
 def place_lesions(scan: Scan, shapes: list[LesionShape], rng: np.random.Generator,
