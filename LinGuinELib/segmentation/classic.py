@@ -21,8 +21,9 @@ segmented on its own and the results are united:
    still reaches the seed is returned.
 7. Steps 3-6 are the lung path, taken only where the surroundings the rays meet include air. In
    soft tissue, and where the lung path finds nothing (a low-contrast lesion beside lung), a maximally
-   stable region around the seed, cut at half its contrast, is returned (:func:`_stable_region`) with
-   a confidence: "low" when it barely stands out of the noise or is only fairly stable. Nothing
+   stable region around the seed (or, for a seed on a small lesion's partial-volume rim, around the
+   darkest / brightest value within 3 mm), cut at half its contrast, is returned (:func:`_stable_region`)
+   with a confidence: "low" when it barely stands out of the noise or is only fairly stable. Nothing
    stable and bounded: empty mask (e.g. a lesion gone).
 """
 
@@ -38,6 +39,9 @@ from LinGuinELib.segmentation.base import HIGH, LOW, Segmenter
 
 AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outside the body)
 SEED_REACH_MM = 1.5  # a soft-tissue seed is taken to lie in the nearest region within this distance (noise)
+RIM_REACH_MM = 3.0  # a soft-tissue seed with no stable band around its own value looks this far (box) for the lesion's core
+RIM_COMPACTNESS = 4.0  # a rim seed's region may hold at most this many times its largest inscribed ball
+FAR_SIDE_HU = 100.0  # a rim seed's one-sided band reaches this far beyond its core (fat lies >= ~130 HU below soft tissue)
 
 
 MAX_RADIUS_MM = 50.0  # largest lesion radius looked for: rays stop there, the mask stays within +-(this + 2) mm
@@ -384,12 +388,18 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     ``delta`` from 5 to 150 HU (geometric steps; the component is cut at necks under 3 voxels,
     :func:`_thick_component`); a lesion is the range of ``delta`` over which that component stays
     bounded (clear of the ``max_radius`` ball's surface) and changes least in volume: by at most half
-    across neighbouring levels, else there is no lesion.
-    Its contrast C = median of a 1.5-4 mm shell outside it minus the core; the mask is the seed's
-    component within C / 2 of the core at full resolution (the half-way edge of a blurred step),
-    split from negative points, opened and hole-filled. None if nothing stable and bounded stands at
-    least 8 HU and 2.5 noise SDs out; confidence LOW if it stands out less than 5 noise SDs or its
-    volume changes by more than 30 % across neighbouring levels.
+    across neighbouring levels. A seed on a lesion's partial-volume rim has a core value half way
+    between lesion and tissue, so that band takes in both at once; if it finds nothing, one-sided bands
+    are tried, ``m - FAR_SIDE_HU < I < m + delta`` (a darker lesion) with ``m`` the core value and with
+    ``m`` the darkest value within +-RIM_REACH_MM, and their mirrors from the core and the brightest
+    value (a brighter lesion); the stablest roughly round one wins (:func:`_compact`). They hold the lesion's interior from the start and
+    stay bounded until ``delta`` reaches the tissue; from a point in plain tissue such a band soon holds
+    most of the tissue and is unbounded.
+    The region's contrast C = median of a 1.5-4 mm shell outside it minus its median; the mask is the
+    seed's component within C / 2 of that median at full resolution (the half-way edge of a blurred
+    step), split from negative points, opened and hole-filled. None if nothing stable and bounded
+    stands at least 8 HU and 2.5 noise SDs out; confidence LOW if it stands out less than 5 noise SDs
+    or its volume changes by more than 30 % across neighbouring levels.
     """
     step = np.maximum(np.round(1.0 / sp).astype(int), 1)
     fine = ndi.gaussian_filter(crop, sigma=np.where(sp < 2.0, 0.8 / sp, 0.0), mode="nearest")
@@ -400,28 +410,22 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     noise = 1.4826 * float(np.median(np.abs(fine - ndi.median_filter(fine, size=3))))  # smoothed-image SD
     from_seed = _dist_from(cseed, coarse.shape, csp)
     inside_ball = from_seed < max_radius
-    deviation = np.abs(coarse - core)
     deltas = np.geomspace(5.0, 150.0, n_levels)
-    volumes = np.full(n_levels, np.inf)
-    regions = [None] * n_levels
-    for n, delta in enumerate(deltas):
-        comp = _thick_component(deviation < delta, from_seed, csp)
-        if comp is None:  # the seed's own value is off the core by more than delta (noise): next level
-            volumes[n] = 0.0
-            continue
-        if (comp & ~inside_ball).any():
-            break  # unbounded from here on
-        volumes[n], regions[n] = comp.sum(), comp
-    best, best_score = None, np.inf
-    for n in range(1, n_levels - 1):
-        if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0 or regions[n] is None:
-            continue
-        score = abs(volumes[n + 1] - volumes[n - 1]) / volumes[n]
-        if score < best_score:
-            best, best_score = n, score
-    if best is None or best_score > 0.5:  # nothing keeps its volume within half across neighbouring levels
+    best = _most_stable([np.abs(coarse - core) < d for d in deltas], from_seed, inside_ball, csp)
+    if best is None:  # a rim seed: one-sided bands from its own value and from the extremes near it
+        near = coarse[_sl(*_ball_box(cseed, RIM_REACH_MM, csp, coarse.shape))]
+        sided = []
+        for dark in (core, float(near.min())):
+            sided.append(_most_stable([(coarse < dark + d) & (coarse > dark - FAR_SIDE_HU) for d in deltas],
+                                      from_seed, inside_ball, csp))
+        for bright in (core, float(near.max())):
+            sided.append(_most_stable([(coarse > bright - d) & (coarse < bright + FAR_SIDE_HU) for d in deltas],
+                                      from_seed, inside_ball, csp))
+        sided = [found for found in sided if found is not None and _compact(found[0], csp)]
+        best = min(sided, key=lambda found: found[1]) if sided else None
+    if best is None:
         return None
-    region = regions[best]
+    region, best_score = best
     dist_out = ndi.distance_transform_edt(~region, sampling=csp)
     shell = (dist_out > 1.5) & (dist_out <= 4.0)
     inner = float(np.median(coarse[region]))
@@ -441,6 +445,38 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
         return None
     sure = abs(contrast) >= 5.0 * noise and best_score <= 0.3
     return mask, HIGH if sure else LOW
+
+
+def _compact(region, sp):
+    """Whether ``region`` is roughly round, as a lesion is: its volume at most RIM_COMPACTNESS x the
+    largest ball inside it (a band that follows a muscle or an organ's edge is long or flat)."""
+    depth = ndi.distance_transform_edt(np.pad(region, 1), sampling=sp).max()
+    return region.sum() * np.prod(sp) <= RIM_COMPACTNESS * 4.0 / 3.0 * np.pi * depth ** 3
+
+
+def _most_stable(bands, from_seed, inside_ball, csp):
+    """(region, score) over nested threshold ``bands`` (bool masks on the ~1 mm grid, growing): the
+    seed's component (:func:`_thick_component`) at the level whose neighbours differ least in volume,
+    score = that difference / its volume; only levels while the component stays inside the ball and
+    holds at least 10 mm3. None if no level keeps its volume within half (score > 0.5)."""
+    volumes = np.full(len(bands), np.inf)
+    regions = [None] * len(bands)
+    for n, band in enumerate(bands):
+        comp = _thick_component(band, from_seed, csp)
+        if comp is None:  # the seed's own value lies outside this band (noise): next level
+            volumes[n] = 0.0
+            continue
+        if (comp & ~inside_ball).any():
+            break  # unbounded from here on
+        volumes[n], regions[n] = comp.sum(), comp
+    best, best_score = None, np.inf
+    for n in range(1, len(bands) - 1):
+        if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0 or regions[n] is None:
+            continue
+        score = abs(volumes[n + 1] - volumes[n - 1]) / volumes[n]
+        if score < best_score:
+            best, best_score = n, score
+    return None if best is None or best_score > 0.5 else (regions[best], best_score)
 
 
 def _thick_component(mask, from_seed, sp, reach_mm=SEED_REACH_MM):
