@@ -392,9 +392,9 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     between lesion and tissue, so that band takes in both at once; if it finds nothing, one-sided bands
     are tried, ``m - FAR_SIDE_HU < I < m + delta`` (a darker lesion) with ``m`` the core value and with
     ``m`` the darkest value within +-RIM_REACH_MM, and their mirrors from the core and the brightest
-    value (a brighter lesion); the stablest roughly round one wins (:func:`_compact`). They hold the lesion's interior from the start and
-    stay bounded until ``delta`` reaches the tissue; from a point in plain tissue such a band soon holds
-    most of the tissue and is unbounded.
+    value (a brighter lesion); the stablest roughly round one wins (:func:`_compact`). They hold the
+    lesion's interior from the start and stay bounded until ``delta`` reaches the tissue; from a point
+    in plain tissue such a band soon holds most of the tissue and is unbounded.
     The region's contrast C = median of a 1.5-4 mm shell outside it minus its median; the mask is the
     seed's component within C / 2 of that median at full resolution (the half-way edge of a blurred
     step), split from negative points, opened and hole-filled. None if nothing stable and bounded
@@ -411,18 +411,17 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     from_seed = _dist_from(cseed, coarse.shape, csp)
     inside_ball = from_seed < max_radius
     deltas = np.geomspace(5.0, 150.0, n_levels)
-    best = _most_stable([np.abs(coarse - core) < d for d in deltas], from_seed, inside_ball, csp)
+    deviation = np.abs(coarse - core)
+    best = _most_stable(lambda d: deviation < d, deltas, from_seed, inside_ball, csp)
     if best is None:  # a rim seed: one-sided bands from its own value and from the extremes near it
         near = coarse[_sl(*_ball_box(cseed, RIM_REACH_MM, csp, coarse.shape))]
-        sided = []
-        for dark in (core, float(near.min())):
-            sided.append(_most_stable([(coarse < dark + d) & (coarse > dark - FAR_SIDE_HU) for d in deltas],
-                                      from_seed, inside_ball, csp))
-        for bright in (core, float(near.max())):
-            sided.append(_most_stable([(coarse > bright - d) & (coarse < bright + FAR_SIDE_HU) for d in deltas],
-                                      from_seed, inside_ball, csp))
-        sided = [found for found in sided if found is not None and _compact(found[0], csp)]
-        best = min(sided, key=lambda found: found[1]) if sided else None
+        bands = [lambda d, m=m: (coarse > m - FAR_SIDE_HU) & (coarse < m + d)  # a darker lesion
+                 for m in (core, float(near.min()))]
+        bands += [lambda d, m=m: (coarse > m - d) & (coarse < m + FAR_SIDE_HU)  # a brighter one
+                  for m in (core, float(near.max()))]
+        found = [_most_stable(band, deltas, from_seed, inside_ball, csp) for band in bands]
+        sided = [one for one in found if one is not None and _compact(one[0], csp)]
+        best = min(sided, key=lambda one: one[1]) if sided else None
     if best is None:
         return None
     region, best_score = best
@@ -454,15 +453,16 @@ def _compact(region, sp):
     return region.sum() * np.prod(sp) <= RIM_COMPACTNESS * 4.0 / 3.0 * np.pi * depth ** 3
 
 
-def _most_stable(bands, from_seed, inside_ball, csp):
-    """(region, score) over nested threshold ``bands`` (bool masks on the ~1 mm grid, growing): the
-    seed's component (:func:`_thick_component`) at the level whose neighbours differ least in volume,
-    score = that difference / its volume; only levels while the component stays inside the ball and
-    holds at least 10 mm3. None if no level keeps its volume within half (score > 0.5)."""
-    volumes = np.full(len(bands), np.inf)
-    regions = [None] * len(bands)
-    for n, band in enumerate(bands):
-        comp = _thick_component(band, from_seed, csp)
+def _most_stable(band, deltas, from_seed, inside_ball, csp):
+    """(region, score) over the nested threshold bands ``band(delta)`` (bool mask on the ~1 mm grid,
+    growing with ``delta``): the seed's component (:func:`_thick_component`) at the level whose
+    neighbours differ least in volume, score = that difference / its volume; only levels while the
+    component stays inside the ball and holds at least 10 mm3 (bands past the first unbounded one are
+    never built). None if no level keeps its volume within half (score > 0.5)."""
+    volumes = np.full(len(deltas), np.inf)
+    regions = [None] * len(deltas)
+    for n, delta in enumerate(deltas):
+        comp = _thick_component(band(delta), from_seed, csp)
         if comp is None:  # the seed's own value lies outside this band (noise): next level
             volumes[n] = 0.0
             continue
@@ -470,7 +470,7 @@ def _most_stable(bands, from_seed, inside_ball, csp):
             break  # unbounded from here on
         volumes[n], regions[n] = comp.sum(), comp
     best, best_score = None, np.inf
-    for n in range(1, len(bands) - 1):
+    for n in range(1, len(deltas) - 1):
         if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0 or regions[n] is None:
             continue
         score = abs(volumes[n + 1] - volumes[n - 1]) / volumes[n]
