@@ -22,9 +22,10 @@ segmented on its own and the results are united:
 7. Steps 3-6 are the lung path, taken only where the surroundings the rays meet include air. In
    soft tissue, and where the lung path finds nothing (a low-contrast lesion beside lung), a maximally
    stable region around the seed (or, for a seed on a small lesion's partial-volume rim, around the
-   darkest / brightest value within 3 mm), cut at half its contrast, is returned (:func:`_stable_region`)
-   with a confidence: "low" when it barely stands out of the noise or is only fairly stable. Nothing
-   stable and bounded: empty mask (e.g. a lesion gone).
+   darkest / brightest value within 3 mm), cut at half its contrast (half way to each side where it
+   lies between darker and brighter tissue), is returned (:func:`_stable_region`) with a confidence:
+   "low" when it barely stands out of the noise or is only fairly stable. Nothing stable and
+   bounded: empty mask (e.g. a lesion gone).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ AIR_HU = -500.0  # below this a voxel holds air (lung parenchyma, airways, outsi
 SEED_REACH_MM = 1.5  # a soft-tissue seed is taken to lie in the nearest region within this distance (noise)
 RIM_REACH_MM = 3.0  # a soft-tissue seed with no stable band around its own value looks this far (box) for the lesion's core
 RIM_COMPACTNESS = 4.0  # a rim seed's region may hold at most this many times its largest inscribed ball
+TWO_SIDED_SHARE = 0.3  # a region whose shell is darker on one side and brighter on the other needs this share of each
+STABLE_RADIUS_MM = 1.0  # a band level is also stable when its neighbours' equal-volume radii differ by at most this
 FAR_SIDE_HU = 100.0  # a rim seed's one-sided band reaches this far beyond its core (fat lies >= ~130 HU below soft tissue)
 
 
@@ -397,9 +400,13 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     in plain tissue such a band soon holds most of the tissue and is unbounded.
     The region's contrast C = median of a 1.5-4 mm shell outside it minus its median; the mask is the
     seed's component within C / 2 of that median at full resolution (the half-way edge of a blurred
-    step), split from negative points, opened and hole-filled. None if nothing stable and bounded
-    stands at least 8 HU and 2.5 noise SDs out; confidence LOW if it stands out less than 5 noise SDs
-    or its volume changes by more than 30 % across neighbouring levels.
+    step), split from negative points, opened and hole-filled. Where the shell is darker on one side
+    and brighter on the other (at least TWO_SIDED_SHARE of it each, e.g. a lesion between fat and
+    muscle) its median may not stand out at all: the mask then reaches half way to the median of the
+    darker part and half way to that of the brighter part, and C is the smaller of those two steps.
+    None if nothing stable and bounded stands at least 8 HU and 2.5 noise SDs out (5 SDs for a region
+    stable only by its radius: noise blobs in plain tissue grow steadily too); confidence LOW if it
+    stands out less than 5 noise SDs or its volume changes by more than 30 % across neighbouring levels.
     """
     step = np.maximum(np.round(1.0 / sp).astype(int), 1)
     fine = ndi.gaussian_filter(crop, sigma=np.where(sp < 2.0, 0.8 / sp, 0.0), mode="nearest")
@@ -428,10 +435,20 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     dist_out = ndi.distance_transform_edt(~region, sampling=csp)
     shell = (dist_out > 1.5) & (dist_out <= 4.0)
     inner = float(np.median(coarse[region]))
-    contrast = float(np.median(coarse[shell])) - inner if shell.any() else 0.0
-    if abs(contrast) < max(8.0, 2.5 * noise):
-        return None
-    full = np.abs(fine - inner) < abs(contrast) / 2
+    around = coarse[shell]
+    need = max(8.0, (2.5 if best_score <= 0.5 else 5.0) * noise)  # a steadily growing region must stand out more
+    contrast = float(np.median(around)) - inner if around.size else 0.0
+    if abs(contrast) >= need:
+        low, high = inner - abs(contrast) / 2, inner + abs(contrast) / 2
+    else:  # darker tissue on one side, brighter on the other (a lesion between fat and muscle)
+        darker, brighter = around[around < inner], around[around > inner]
+        if min(darker.size, brighter.size) < TWO_SIDED_SHARE * max(around.size, 1):
+            return None
+        contrast = min(inner - float(np.median(darker)), float(np.median(brighter)) - inner)
+        if contrast < need:
+            return None
+        low, high = (inner + float(np.median(darker))) / 2, (inner + float(np.median(brighter))) / 2
+    full = (fine > low) & (fine < high)
     near = ndi.binary_dilation(np.repeat(np.repeat(np.repeat(region, step[0], 0), step[1], 1), step[2], 2)
                                [:crop.shape[0], :crop.shape[1], :crop.shape[2]], iterations=2)
     candidate = full & np.pad(near, [(0, max(n - m, 0)) for n, m in zip(crop.shape, near.shape)])
@@ -458,7 +475,9 @@ def _most_stable(band, deltas, from_seed, inside_ball, csp):
     growing with ``delta``): the seed's component (:func:`_thick_component`) at the level whose
     neighbours differ least in volume, score = that difference / its volume; only levels while the
     component stays inside the ball and holds at least 10 mm3 (bands past the first unbounded one are
-    never built). None if no level keeps its volume within half (score > 0.5)."""
+    never built). A small blurred lesion grows steadily with ``delta`` (its partial-volume rim), so a
+    level whose neighbours' equal-volume radii differ by at most STABLE_RADIUS_MM also counts, after
+    every level that keeps its volume within half. None if no level does either."""
     volumes = np.full(len(deltas), np.inf)
     regions = [None] * len(deltas)
     for n, delta in enumerate(deltas):
@@ -469,14 +488,17 @@ def _most_stable(band, deltas, from_seed, inside_ball, csp):
         if (comp & ~inside_ball).any():
             break  # unbounded from here on
         volumes[n], regions[n] = comp.sum(), comp
-    best, best_score = None, np.inf
+    radius = (3.0 * volumes * np.prod(csp) / (4.0 * np.pi)) ** (1.0 / 3.0)  # of the equal-volume sphere, mm
+    best, best_key = None, (2, np.inf)
     for n in range(1, len(deltas) - 1):
         if not np.isfinite(volumes[n + 1]) or volumes[n] * np.prod(csp) < 10.0 or regions[n] is None:
             continue
         score = abs(volumes[n + 1] - volumes[n - 1]) / volumes[n]
-        if score < best_score:
-            best, best_score = n, score
-    return None if best is None or best_score > 0.5 else (regions[best], best_score)
+        widening = radius[n + 1] - radius[n - 1]
+        key = (0, score) if score <= 0.5 else (1, widening) if widening <= STABLE_RADIUS_MM else (2, np.inf)
+        if key < best_key:
+            best, best_key, best_score = n, key, score
+    return None if best is None else (regions[best], best_score)
 
 
 def _thick_component(mask, from_seed, sp, reach_mm=SEED_REACH_MM):
