@@ -43,6 +43,7 @@ SEED_REACH_MM = 1.5  # a soft-tissue seed is taken to lie in the nearest region 
 RIM_REACH_MM = 3.0  # a soft-tissue seed with no stable band around its own value looks this far (box) for the lesion's core
 RIM_COMPACTNESS = 4.0  # a rim seed's region may hold at most this many times its largest inscribed ball
 TWO_SIDED_SHARE = 0.3  # a region whose shell is darker on one side and brighter on the other needs this share of each
+SURE_NOISE_SDS = 5.0  # a soft-tissue region standing out this many noise SDs is sure (a radius-stable one must, to count)
 STABLE_RADIUS_MM = 1.0  # a band level is also stable when its neighbours' equal-volume radii differ by at most this
 FAR_SIDE_HU = 100.0  # a rim seed's one-sided band reaches this far beyond its core (fat lies >= ~130 HU below soft tissue)
 
@@ -436,7 +437,7 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     shell = (dist_out > 1.5) & (dist_out <= 4.0)
     inner = float(np.median(coarse[region]))
     around = coarse[shell]
-    need = max(8.0, (2.5 if best_score <= 0.5 else 5.0) * noise)  # a steadily growing region must stand out more
+    need = max(8.0, (2.5 if best_score <= 0.5 else SURE_NOISE_SDS) * noise)  # a steadily growing region must stand out more
     contrast = float(np.median(around)) - inner if around.size else 0.0
     if abs(contrast) >= need:
         low, high = inner - abs(contrast) / 2, inner + abs(contrast) / 2
@@ -444,10 +445,11 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
         darker, brighter = around[around < inner], around[around > inner]
         if min(darker.size, brighter.size) < TWO_SIDED_SHARE * max(around.size, 1):
             return None
-        contrast = min(inner - float(np.median(darker)), float(np.median(brighter)) - inner)
+        dark, bright = float(np.median(darker)), float(np.median(brighter))
+        contrast = min(inner - dark, bright - inner)
         if contrast < need:
             return None
-        low, high = (inner + float(np.median(darker))) / 2, (inner + float(np.median(brighter))) / 2
+        low, high = (inner + dark) / 2, (inner + bright) / 2
     full = (fine > low) & (fine < high)
     near = ndi.binary_dilation(np.repeat(np.repeat(np.repeat(region, step[0], 0), step[1], 1), step[2], 2)
                                [:crop.shape[0], :crop.shape[1], :crop.shape[2]], iterations=2)
@@ -459,7 +461,7 @@ def _stable_region(crop, seed, negs, sp, max_radius, n_levels=20):
     mask = _keep_seeded(candidate, seed, radius, sp)
     if not mask.any():
         return None
-    sure = abs(contrast) >= 5.0 * noise and best_score <= 0.3
+    sure = abs(contrast) >= SURE_NOISE_SDS * noise and best_score <= 0.3
     return mask, HIGH if sure else LOW
 
 
