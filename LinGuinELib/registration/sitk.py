@@ -5,13 +5,16 @@ ITK's resampling convention, ``warped_target(x) = target(T(x))`` for a source po
 source LPS points straight onto the target anatomy they show, with no inversion, and the point map
 agrees with the image warp by construction (both apply the same ``T``).
 
-Pipeline, on intensities clamped to ``WINDOW_HU`` and block-averaged to ~5, ~2.5 and ~1.25 mm in-plane:
+Pipeline, on intensities clamped to ``WINDOW_HU`` and resampled to the grids of ``DEMONS_LEVELS``
+(in-plane: block averages of ~5, ~2.5 and ~1.25 mm, never finer than native; z: block averages of
+thin slices, or thick slices refined by linear interpolation so the last level's displacement
+field has ~2.5 mm steps along z even on 5 mm slices):
 
 1. initialisation: the best (Mattes mutual information) of scanner coordinates, body-mask centre of
    mass, and in-plane centre of mass with scanner z - robust to shifted origins and cropped targets;
 2. rigid (Euler) then affine, Mattes MI on the source body mask, ~10 -> ~5 mm;
-3. deformable: fast-symmetric-forces demons at ~5, ~2.5 then ~1.25 mm in-plane
-   (never finer than native), over the source body's bounding box only. Where the target
+3. deformable: fast-symmetric-forces demons level by level (``DEMONS_LEVELS``), over the source
+   body's bounding box only. Where the target
    has no data (different field of view) the moving image is filled with the source itself, so those
    voxels exert no force and the field there is interpolated by the regulariser.
 
@@ -40,10 +43,11 @@ _OUTSIDE = -5000.0  # sentinel for "no target data here" (below any windowed int
 _BODY_HU = -500.0
 MIN_SHARED_BODY = 0.2  # fraction of the source body the aligned target must cover
 WINDOW_HU = (-1000.0, 500.0)  # intensity clamp before every stage (lung to dense bone)
-DEMONS_SPACING_MM = (5.0, 2.5, 1.25)  # in-plane grid spacing of the demons levels, coarse to fine
-DEMONS_ITERATIONS = (60, 30, 20)  # demons iterations per level (always all of them)
+# Demons levels, coarse to fine: (in-plane spacing mm, z spacing mm, iterations, always all of them).
+# The first level's grid also serves the linear stages.
+DEMONS_LEVELS = ((5.0, 5.0, 60), (2.5, 5.0, 30), (1.25, 2.5, 10))
 DEMONS_SMOOTHING_MM = 4.0  # Gaussian regularisation (standard deviation) of the displacement field
-DEMONS_THRESHOLD_HU = 25.0  # intensity differences below this exert no demons force (CT noise)
+DEMONS_THRESHOLD_HU = 0.0  # intensity differences below this exert no demons force (0: every difference counts)
 METRIC_SEED = 1  # seed of Mattes MI's random sampling in the linear stages
 
 
@@ -113,19 +117,31 @@ class SitkRegistration(Registration):
         self._pyramids: dict[str, tuple[np.ndarray, dict[float, sitk.Image]]] = {}
 
     # ---- preprocessing -------------------------------------------------------------------------
-    def _level(self, scan: Scan, spacing_mm: float) -> sitk.Image:
-        """``scan`` clamped to the window and block-averaged to about ``spacing_mm`` (never finer than
-        native; z is only shrunk when slices are thinner than ``spacing_mm``); float32. Cached per scan
-        (by id, and only while the scan keeps the same voxel array)."""
+    def _level(self, scan: Scan, inplane_mm: float, z_mm: float) -> sitk.Image:
+        """``scan`` clamped to the window, block-averaged in-plane to about ``inplane_mm`` (never finer
+        than native) and brought to about ``z_mm`` along z: thinner slices block-averaged, thicker ones
+        refined by linear interpolation (same first and last slice); float32. Cached per scan (by
+        id, and only while the scan keeps the same voxel array)."""
         array, cache = self._pyramids.get(scan.scan_id, (None, {}))
         if array is not scan.array:
             cache = {}
             self._pyramids[scan.scan_id] = (scan.array, cache)
-        if spacing_mm not in cache:
+        key = (inplane_mm, z_mm)
+        if key not in cache:
             image = sitk.Clamp(scan.to_sitk(), sitk.sitkFloat32, *WINDOW_HU)
-            factors = [max(1, int(round(spacing_mm / s))) for s in scan.spacing]
-            cache[spacing_mm] = sitk.BinShrink(image, factors) if max(factors) > 1 else image
-        return cache[spacing_mm]
+            sx, sy, sz = scan.spacing
+            factors = [max(1, int(round(inplane_mm / sx))), max(1, int(round(inplane_mm / sy))),
+                       max(1, int(round(z_mm / sz)))]
+            if max(factors) > 1:
+                image = sitk.BinShrink(image, factors)
+            refine = int(np.ceil(image.GetSpacing()[2] / z_mm - 1e-6))
+            if refine > 1 and image.GetSize()[2] > 1:
+                size = [*image.GetSize()[:2], (image.GetSize()[2] - 1) * refine + 1]
+                spacing = [*image.GetSpacing()[:2], image.GetSpacing()[2] / refine]
+                image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
+                                      image.GetDirection(), 0.0, sitk.sitkFloat32)
+            cache[key] = image
+        return cache[key]
 
     def forget(self, scan_id: str) -> None:
         """Drop the cached downsampled images of one scan."""
@@ -218,9 +234,9 @@ class SitkRegistration(Registration):
         """Multi-level demons displacement field on the finest source level's grid (fixed = source),
         restricted to the LPS box ``box_lps`` (2, 3) around the source body."""
         field = None
-        for spacing, iterations in zip(DEMONS_SPACING_MM, DEMONS_ITERATIONS):
-            fixed = _crop_to_box(self._level(source, spacing), box_lps)
-            moving, _ = self._aligned(fixed, self._level(target, spacing), affine)
+        for inplane, z, iterations in DEMONS_LEVELS:
+            fixed = _crop_to_box(self._level(source, inplane, z), box_lps)
+            moving, _ = self._aligned(fixed, self._level(target, inplane, z), affine)
             if field is None:
                 field = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
                 field.CopyInformation(fixed)
@@ -246,8 +262,8 @@ class SitkRegistration(Registration):
     def register(self, source: Scan, target: Scan) -> PointMap:
         """Source -> target map of LPS points (fixed = source, moving = target; no inversion)."""
         try:
-            coarsest = DEMONS_SPACING_MM[0]
-            fixed, moving = self._level(source, coarsest), self._level(target, coarsest)
+            coarsest = DEMONS_LEVELS[0][:2]
+            fixed, moving = self._level(source, *coarsest), self._level(target, *coarsest)
             fixed_body, moving_body = self._body(fixed), self._body(moving)
             body = _body_points(fixed_body)
             if len(body) == 0:
