@@ -14,9 +14,9 @@ field has ~2.5 mm steps along z even on 5 mm slices):
    mass, and in-plane centre of mass with scanner z - robust to shifted origins and cropped targets;
 2. rigid (Euler) then affine, Mattes MI on the source body mask, ~10 -> ~5 mm;
 3. deformable: fast-symmetric-forces demons level by level (``DEMONS_LEVELS``), over the source
-   body's bounding box only. Where the target
-   has no data (different field of view) the moving image is filled with the source itself, so those
-   voxels exert no force and the field there is interpolated by the regulariser.
+   body's bounding box only. Where the target has no data (different field of view) the moving image
+   is filled with the source itself, so those voxels exert no force and the field there is
+   interpolated by the regulariser.
 
 ``T(x) = A(x + d(x))`` with ``A`` the affine and ``d`` the demons displacement field (zero outside the
 bounding box of the source body).
