@@ -114,7 +114,7 @@ class SitkRegistration(Registration):
     name = "sitk"
 
     def __init__(self):
-        self._pyramids: dict[str, tuple[np.ndarray, dict[float, sitk.Image]]] = {}
+        self._pyramids: dict[str, tuple[np.ndarray, dict[tuple[float, float], sitk.Image]]] = {}
 
     # ---- preprocessing -------------------------------------------------------------------------
     def _level(self, scan: Scan, inplane_mm: float, z_mm: float) -> sitk.Image:
