@@ -11,14 +11,18 @@ segmented on its own and the results are united:
    darker / brighter surroundings the rays meet) and its radius (median exit distance).
 4. Candidate = in-window voxels within twice that radius, inside a star-shaped bound traced from
    the seed, grown slice to slice at most at 45 degrees; in lung also inside the pleural envelope
-   (lung air closed by a large ball), which cuts a tumour off the chest wall or mediastinum.
+   (lung air closed by a large ball), which cuts a tumour off the chest wall or mediastinum. A
+   juxtapleural lesion straddles the envelope (its edge passes within half the radius of the seed,
+   near the skin): beyond the envelope it ends half way to the chest wall's tissue instead (on the
+   crop smoothed to ~1 mm, within 1.5 x the radius), where it stands out of that tissue clearly; its
+   lung side still ends half way to air (:func:`_beyond_pleura`).
 5. Negative points split the candidate (at the neck, by cheapest paths); an opening cuts thin
    bridges; the seed's component is regrown to the window's edge, hole-filled and capped at the
    volume of a sphere 1.5 x the radius. A result whose boundary is mostly cut by these caps rather
    than seen in the image is not a lesion: empty mask.
-6. Steps 3-5 run again from the result's interior centre (twice at most), so the result barely
-   depends on where in the lesion the point fell; the last result that passes step 5's test and
-   still reaches the seed is returned.
+6. Steps 3-5 run again from the result's interior centre (twice at most, while its rays still meet
+   air), so the result barely depends on where in the lesion the point fell; the last result that
+   passes step 5's test and still reaches the seed is returned.
 7. Steps 3-6 are the lung path, taken only where the surroundings the rays meet include air. In
    soft tissue, and where the lung path finds nothing (a low-contrast lesion beside lung), a maximally
    stable region around the seed (or, for a seed on a small lesion's partial-volume rim, around the
@@ -51,6 +55,11 @@ FAR_SIDE_HU = 100.0  # a rim seed's one-sided band reaches this far beyond its c
 MAX_RADIUS_MM = 50.0  # largest lesion radius looked for: rays stop there, the mask stays within +-(this + 2) mm
 N_RAYS = 256  # rays cast from the seed to estimate the intensity window and the radius
 MIN_EDGE_FRACTION = 0.7  # share of a lung-path mask's boundary that must be an image edge, not a cap
+ENVELOPE_GRID_MM = 2.0  # the pleural envelope's grid; a straddling lesion's lung side ends at air this far beyond it
+CHEST_WALL_MM = 40.0  # tissue this close to the skin is chest wall (the mediastinum lies deeper)
+WALL_SMOOTH_MM = 0.7  # a straddling lesion is told from the chest wall on the crop smoothed again by this (~1 mm)
+WALL_NOISE_SDS = 2.5  # ... if it stands out of the wall by this many noise SDs (and 8 HU)
+WALL_REACH = 1.5  # ... and only within this many times its radius of its centre (the volume cap's factor)
 
 
 class ClassicSegmenter(Segmenter):
@@ -122,18 +131,24 @@ class ClassicSegmenter(Segmenter):
         None if nothing bounded is there."""
         sp = scan.spacing_kji
         window, radius, lung = _window_and_radius(crop, seed, sp, MAX_RADIUS_MM, N_RAYS)
-        if window is None:
+        if window is None or not lung:  # a pass from a centre deep in the wall has left the lung path
             return None
         cap = min(2.0 * radius + 2.0, MAX_RADIUS_MM)
         lo, hi = _box(seed[None], cap + 1.0, sp, crop.shape)
         sub, seed = crop[_sl(lo, hi)], seed - lo
         bounded = (sub >= window[0]) & (sub <= window[1])  # False where the lesion must end
-        if lung:
-            at = crop_lo + lo
-            envelope = _pleural_envelope(scan, at, crop_lo + hi, at + seed, window[0], radius, cap, sp)
-            if envelope[tuple(seed)]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
-                bounded &= envelope
-        candidate = bounded & (_dist_from(seed, sub.shape, sp) <= cap)
+        reach = _dist_from(seed, sub.shape, sp) <= cap
+        at = crop_lo + lo
+        envelope, to_skin = _pleural_envelope(scan, at, crop_lo + hi, at + seed, window[0], radius, cap, sp)
+        at_wall = to_skin <= CHEST_WALL_MM + 0.5 * radius  # the pleura within half the radius is costal
+        wall = _beyond_pleura(sub, seed, envelope, window[0], radius, sp) if at_wall else None
+        if wall is not None:  # straddling the pleura: beyond it the lesion ends where it no longer stands out
+            lung_side = ndi.distance_transform_edt(~envelope, sampling=sp) <= ENVELOPE_GRID_MM
+            bounded &= lung_side | wall
+            reach &= lung_side | (_dist_from(seed, sub.shape, sp) <= WALL_REACH * radius)
+        elif envelope[tuple(seed)]:  # else the lesion is not wrapped by lung (e.g. mediastinal)
+            bounded &= envelope
+        candidate = bounded & reach
         candidate[tuple(seed)] = True
         candidate &= _star_hull(candidate, seed, sp, cap)
         candidate = _slice_cone(candidate, seed, sp)
@@ -159,9 +174,9 @@ def _box(points, half_mm, sp, shape):
     return np.maximum(points.min(0) - half, 0), np.minimum(points.max(0) + half + 1, shape)
 
 
-def _smoothing(sp):
-    """Gaussian sigma (voxels) of about 0.7 mm, skipped along thick-slice axes."""
-    return np.where(sp < 1.4, 0.7 / sp, 0.0)
+def _smoothing(sp, sigma_mm: float = 0.7):
+    """Gaussian sigma (voxels) of ``sigma_mm``, skipped along thick-slice axes."""
+    return np.where(sp < 1.4, sigma_mm / sp, 0.0)
 
 
 def _dist_from(point, shape, sp):
@@ -254,8 +269,9 @@ def _window_and_radius(crop, seed, sp, max_radius, n_rays, step=0.5, beyond_mm=5
     return (low, high), radius, lung
 
 
-def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.0):
-    """Bool mask over the scan box [lo, hi): lung air closed by a ball of max(2 x radius, 15) mm.
+def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=ENVELOPE_GRID_MM):
+    """(bool mask over the scan box [lo, hi): lung air closed by a ball of max(2 x radius, 15) mm,
+    distance (mm) from ``seed`` to the air outside the body (inf if none is in the slab)).
 
     Inside: lung air and what it wraps around (a tumour); outside: tissue deeper than the ball
     reaches from the lung (chest wall, mediastinum, diaphragm). Air connected to the image's
@@ -270,7 +286,9 @@ def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.
     air = slab < air_below
     labels, _ = ndi.label(air)
     border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
-    lung = air & ~np.isin(labels, border[border > 0])
+    outside = np.isin(labels, border[border > 0])
+    lung = air & ~outside
+    to_skin = _dist_from(np.r_[(seed[0] - c_lo[0]) // stride[0], seed[1:] // stride[1:]], slab.shape, csp)[outside]
     origin = np.r_[c_lo[0], (c_lo[1:] // stride[1:]) * stride[1:]]  # fine index of coarse voxel 0
     box = (slice(None),) + tuple(slice(int(a // s), int(-(-b // s)))
                                  for a, b, s in zip(origin[1:], c_hi[1:], stride[1:]))
@@ -282,7 +300,42 @@ def _pleural_envelope(scan, lo, hi, seed, air_below, radius, cap, sp, grid_mm=2.
     closed = lung | (ndi.distance_transform_edt(dilated, sampling=csp) > rho)
     index = [np.clip(np.rint((np.arange(a, b) - o) / s).astype(int), 0, n - 1)
              for a, b, o, s, n in zip(lo, hi, origin, stride, closed.shape)]
-    return closed[np.ix_(*index)]
+    return closed[np.ix_(*index)], float(to_skin.min()) if to_skin.size else np.inf
+
+
+def _beyond_pleura(sub, seed, envelope, air_edge, radius, sp):
+    """Bool mask where a lesion straddling the pleural ``envelope`` (its edge passes within half the
+    ray ``radius`` of the seed) still stands out of the tissue beyond it (the chest wall),
+    or None if the lesion does not straddle it or does not stand out there.
+
+    On ``sub`` smoothed again by WALL_SMOOTH_MM: lesion value = median of the tissue (above
+    ``air_edge``) within half the radius of the seed; wall = median of the tissue beyond the envelope
+    1.5-4 mm outside the radius. The lesion reaches half way to the wall (to the median of its darker
+    part where the wall is darker on one side and brighter on the other, TWO_SIDED_SHARE of it each),
+    and half way to its brighter part (a rib) where that makes up TWO_SIDED_SHARE of it. A step to
+    the darker side under 8 HU or WALL_NOISE_SDS noise SDs does not stand out.
+    """
+    dist = _dist_from(seed, sub.shape, sp)
+    if not (~envelope & (dist <= 0.5 * radius)).any():
+        return None
+    soft = ndi.gaussian_filter(sub, sigma=_smoothing(sp, WALL_SMOOTH_MM), mode="nearest")
+    tissue = soft > air_edge
+    beyond = tissue & ~envelope
+    shell = beyond & (dist > radius + 1.5) & (dist <= radius + 4.0)
+    inner = tissue & (dist <= max(0.5 * radius, 2.0))
+    if not shell.any() or not inner.any():
+        return None
+    noise = 1.4826 * float(np.median(np.abs(soft - ndi.median_filter(soft, size=3))[beyond]))
+    need = max(8.0, WALL_NOISE_SDS * noise)
+    lesion, around = float(np.median(soft[inner])), soft[shell]
+    darker, brighter = around[around < lesion], around[around > lesion]
+    dark = float(np.median(around))
+    if lesion - dark < need and min(darker.size, brighter.size) >= TWO_SIDED_SHARE * around.size:
+        dark = float(np.median(darker))  # darker on one side, brighter on the other
+    if lesion - dark < need:
+        return None
+    bright = float(np.median(brighter)) if brighter.size >= TWO_SIDED_SHARE * around.size else np.inf
+    return (soft >= (lesion + dark) / 2) & (soft <= (lesion + bright) / 2)
 
 
 def _star_hull(candidate, seed, sp, cap, n_polar=24, n_azim=48, step=0.5, grow=1.2, margin=2.0):
