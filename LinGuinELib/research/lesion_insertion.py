@@ -27,11 +27,11 @@ from scipy import ndimage as ndi
 
 from LinGuinELib.core.study import Scan
 from LinGuinELib.io.atomic import atomic_write, staged_outputs
+from LinGuinELib.segmentation.classic import CHEST_WALL_MM  # one definition of the chest wall for both
 
 SOFT_TISSUE_HU = (-30.0, 130.0)  # muscle, liver, blood, nodes, non-enhanced organs
 PSF_SIGMA_MM = 0.5  # in-plane point-spread function of a soft-tissue kernel (FWHM ~1.2 mm)
 LUNG_HU = -500.0  # below: air (lung, outside the body); above: the body's tissue
-CHEST_WALL_MM = 40.0  # tissue this close to the skin is chest wall (the mediastinum lies deeper)
 
 
 @dataclass(frozen=True)
